@@ -1,0 +1,76 @@
+"""A run is a directory: the resolved configuration, the Zarr store, logs, and per-shard task records.
+
+    <run>/config.yaml             written once, at prepare
+    <run>/store.zarr              see fyp.store
+    <run>/logs/                   task logs (the scheduler decides the names)
+    <run>/tasks/<stage>[/<variant>]/shard-00003.json
+                                  the last outcome of each shard task: state, counts, throughput, error
+
+Task records are plain JSON files written atomically (temp + rename) outside the Zarr store, so a task
+never touches store metadata. They are what `status` reads for failures and last error lines.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import config as config_mod
+from .config import RunConfig
+from .store import RunStore
+
+CONFIG_NAME = "config.yaml"
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
+
+
+@dataclass
+class Run:
+    dir: Path
+    config: RunConfig
+
+    @classmethod
+    def open(cls, run_dir: Path | str) -> "Run":
+        run_dir = Path(run_dir)
+        path = run_dir / CONFIG_NAME
+        if not path.exists():
+            raise FileNotFoundError(f"{run_dir} is not a prepared run (no {CONFIG_NAME}); run `prepare` first")
+        return cls(run_dir, config_mod.load(path))
+
+    @classmethod
+    def create(cls, run_dir: Path | str, cfg: RunConfig) -> "Run":
+        run_dir = Path(run_dir)
+        if (run_dir / CONFIG_NAME).exists():
+            raise FileExistsError(f"{run_dir} is already a prepared run; choose a new --run directory")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        config_mod.save(cfg, run_dir / CONFIG_NAME)
+        return cls(run_dir, cfg)
+
+    def store(self, mode: str = "r+") -> RunStore:
+        return RunStore.open(self.dir, mode=mode)
+
+    @property
+    def logs(self) -> Path:
+        return self.dir / "logs"
+
+    # -- per-shard task records ----------------------------------------------------------------
+    def task_record_path(self, stage: str, shard: int, variant: str | None = None) -> Path:
+        parts = [stage] + ([variant] if variant else [])
+        return self.dir.joinpath("tasks", *parts, f"shard-{shard:05d}.json")
+
+    def write_task_record(self, stage: str, shard: int, state: str, variant: str | None = None, **info) -> None:
+        record = dict(stage=stage, variant=variant, shard=shard, state=state, time=time.time(), **info)
+        atomic_write_text(self.task_record_path(stage, shard, variant), json.dumps(record, indent=1))
+
+    def task_records(self, stage: str, variant: str | None = None) -> list[dict]:
+        folder = self.dir.joinpath("tasks", stage, *([variant] if variant else []))
+        return [json.loads(p.read_text()) for p in sorted(folder.glob("shard-*.json"))]

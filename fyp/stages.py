@@ -1,0 +1,120 @@
+"""The stage protocol: what the scheduler (hpc/) may ask of a pipeline stage, and nothing more.
+
+A stage is sharded (one task per shard, `num_shards` of them) or single (one task). `hpc` parses the
+stage's own command-line options from `options`, asks for `variants` (the score stage has one per
+reward, each its own array job), runs `execute_shard` for every task, then `finalize` once. `fyp`
+knows nothing of Slurm: the same calls run in a Slurm array task, in submitit's local executor, or
+inline.
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .run import Run
+
+log = logging.getLogger("fyp")
+
+
+@dataclass(frozen=True)
+class Option:
+    """A stage's command-line option: argparse's flag and keyword arguments."""
+
+    flag: str
+    kwargs: dict = field(default_factory=dict)
+
+    @property
+    def dest(self) -> str:
+        return self.kwargs.get("dest", self.flag.lstrip("-").replace("-", "_"))
+
+
+class Stage:
+    name: str = ""
+    sharded: bool = True
+    options: tuple[Option, ...] = ()
+
+    def variants(self, run: Run, opts: dict) -> list[str | None]:
+        """Independent sub-jobs of the stage (one array job each); None = the stage itself."""
+        return [None]
+
+    def num_shards(self, run: Run, opts: dict) -> int:
+        return run.config.shards if self.sharded else 1
+
+    def pending_shards(self, run: Run, variant: str | None, opts: dict) -> list[int]:
+        """Shards with work left, read from the store's done masks."""
+        return list(range(self.num_shards(run, opts)))
+
+    def run_shard(self, run: Run, shard: int, variant: str | None, opts: dict) -> dict:
+        """Do one shard's work; return counts for the log line (e.g. done=, skipped=, invalid=)."""
+        raise NotImplementedError
+
+    def finalize(self, run: Run, variant: str | None, opts: dict) -> None:
+        """Once, after every task of the stage (variant) ended: consolidate metadata, write summaries."""
+
+    def progress(self, run: Run, variant: str | None, opts: dict) -> tuple[int, int]:
+        """(samples done, samples total) from the store."""
+        return (0, 0)
+
+
+_REGISTRY = {
+    "prepare": "fyp.data.stage:PrepareStage",
+    "sample": "fyp.sampling.stage:SampleStage",
+    "score": "fyp.rewards.stage:ScoreStage",
+    "pairs": "fyp.pairs.stage:PairsStage",
+    "train": "fyp.dpo.stage:TrainStage",
+    "eval": "fyp.evaluation.stage:EvalStage",
+    "report": "fyp.evaluation.report:ReportStage",
+}
+PIPELINE = ("prepare", "sample", "score", "pairs", "train", "eval", "report")
+
+
+def available_stages() -> list[str]:
+    """Stages whose implementation is importable in this installation."""
+    out = []
+    for name in _REGISTRY:
+        try:
+            get_stage(name)
+            out.append(name)
+        except (ImportError, AttributeError):
+            pass
+    return out
+
+
+def get_stage(name: str) -> Stage:
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown stage {name!r}; valid stages: {', '.join(_REGISTRY)}")
+    module, attr = _REGISTRY[name].split(":")
+    return getattr(importlib.import_module(module), attr)()
+
+
+def execute_shard(stage_name: str, run_dir: str | Path, shard: int, variant: str | None = None,
+                  opts: dict[str, Any] | None = None) -> dict:
+    """Run one task with its record kept: what every scheduler calls (picklable, top-level)."""
+    opts = dict(opts or {})
+    run = Run.open(run_dir)
+    stage = get_stage(stage_name)
+    shards = stage.num_shards(run, opts)
+    if not 0 <= shard < shards:
+        raise IndexError(f"{stage_name}: array index {shard} is past this run's shards 0-{shards - 1}")
+    run.write_task_record(stage_name, shard, "running", variant)
+    start = time.time()
+    try:
+        counts = stage.run_shard(run, shard, variant, opts) or {}
+    except BaseException as exc:  # noqa: BLE001 - record every failure, then re-raise
+        last = f"{type(exc).__name__}: {exc}".splitlines()[0] if str(exc) else type(exc).__name__
+        run.write_task_record(stage_name, shard, "failed", variant, error=last,
+                              traceback=traceback.format_exc()[-4000:], seconds=time.time() - start)
+        raise
+    seconds = time.time() - start
+    run.write_task_record(stage_name, shard, "done", variant, seconds=seconds, **counts)
+    label = f"{stage_name}{'/' + variant if variant else ''} shard {shard}"
+    done = counts.get("done", 0)
+    rate = f", {done / seconds:.2f} samples/s" if seconds > 0 and done else ""
+    log.info("%s finished in %.1fs: %s%s", label, seconds,
+             ", ".join(f"{k}={v}" for k, v in counts.items()) or "nothing to do", rate)
+    return counts
