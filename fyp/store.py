@@ -15,7 +15,12 @@ Layout (documented in docs/store.md; these paths are a contract between stages):
     candidates/latent float16 [N,K,C,h,w] chunk (1,K,C,h,w)    only with sampling.save_latents
     scores/<reward>/value float32 [N,K]   chunk (S,K)          NaN until scored
     scores/<reward>/done  bool    [N]     chunk (S,)
-    pairs/<name>/...                      written by the single-task pairs stage
+    pairs/<name>/winner   int32 [N]       candidate index k of the winner (-1 if no pair)
+    pairs/<name>/loser    int32 [N]       candidate index k of the loser (-1 if no pair)
+    pairs/<name>/margin   float32 [N]     target margin R(w) - R(l) (CaPO/CaEN), NaN otherwise
+    pairs/<name>/valid    bool  [N]       a usable pair exists; attrs: method, rewards, weights, ties,
+                                          seed, candidates (k'), counts. Written by the single-task pairs stage.
+    train/<pairs>/...                     latent cache and reference-loss cache of the train stage
     eval/...                              written by the eval stage
 
 S is the shard size, ceil(N / shards): shard s owns samples [s*S, min(N, (s+1)*S)), hence whole chunks
