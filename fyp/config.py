@@ -96,6 +96,8 @@ class TrainConfig:
     zero_stage: int = 3
     gradient_checkpointing: bool = False
     timestep_sampling: str = "uniform"  # uniform | logit-normal
+    lr_schedule: str = "constant"  # after warm-up: constant | linear | cosine (decay to 0 at `steps`)
+    export: bool = True  # save the aligned transformer as a diffusers folder at the end
     seed: int = 0
     options: dict = field(default_factory=dict)
 
@@ -183,7 +185,7 @@ def _coerce(hint, value, where: str):
             return float(value)
         if kind is int and isinstance(value, int) and not isinstance(value, bool):
             return value
-        if kind in (str, bool, dict) and isinstance(value, kind):
+        if kind in (str, bool, dict, list) and isinstance(value, kind):
             return value
     raise ConfigError(f"{where} must be {' or '.join(k.__name__ for k in simple)}, got {value!r}")
 

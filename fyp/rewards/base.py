@@ -12,6 +12,7 @@ class RewardModel:
     """
 
     name: str = ""
+    accepts_masks: bool = False  # True: the score stage also passes `masks=` (uint8 [B,H,W], 1 = hole)
 
     def __init__(self) -> None:
         self.failures = 0

@@ -2,10 +2,14 @@
 when it is used. Every factory has the signature
     build(tiny: bool = False, pretrained: str | None = None, device: str = "auto", dtype: str = "float32",
           seed: int = 0, **options) -> RewardModel
+Common options of the CLIP/BLIP family: `batch_size` (images per forward; scores do not depend on it) and
+`full_size_random=True` (the published architecture with random weights and a tokenizer built in code, for
+benchmarks on machines without the weights).
 """
 from __future__ import annotations
 
 import importlib
+import inspect
 
 from .base import RewardModel
 
@@ -29,8 +33,17 @@ def names() -> list[str]:
     return list(_FACTORIES)
 
 
-def build(name: str, tiny: bool = False, **spec) -> RewardModel:
+def factory(name: str):
     if name not in _FACTORIES:
         raise ValueError(f"unknown reward {name!r}; valid rewards: {', '.join(_FACTORIES)}")
     module, attr = _FACTORIES[name].split(":")
-    return getattr(importlib.import_module(module), attr)(tiny=tiny, **spec)
+    return getattr(importlib.import_module(module), attr)
+
+
+def accepts(name: str, option: str) -> bool:
+    """Whether reward `name`'s factory names `option` as a parameter (e.g. batch_size, full_size_random)."""
+    return option in inspect.signature(factory(name)).parameters
+
+
+def build(name: str, tiny: bool = False, **spec) -> RewardModel:
+    return factory(name)(tiny=tiny, **spec)

@@ -1,0 +1,150 @@
+"""The training set of preference pairs: read from `pairs/<name>`, encoded once into `train/<name>/` of the store.
+
+Cache layout (written by the single train task, rank 0, before training; P = number of usable pairs):
+
+    train/<name>/sample       int64   [P]         sample index n of each pair
+    train/<name>/latent_w     float32 [P, L, 4C]  packed VAE latents (posterior mean) of the winner
+    train/<name>/latent_l     float32 [P, L, 4C]  ... of the loser
+    train/<name>/condition    float32 [P, L, 4C + 4s^2]  FLUX Fill condition (masked image + mask)
+    train/<name>/loss_mask    float32 [P, L, 4]   the hole at latent resolution, packed (tile C times)
+    train/<name>/prompt_embeds float32 [P, T, D]  T5 sequence embeddings
+    train/<name>/pooled       float32 [P, Dp]     CLIP pooled embedding
+    train/<name>/margin       float32 [P]         R(w) - R(l) from the pairs (NaN unless CaPO / CaEN)
+    attrs: complete, pairs, method, latent_hw, max_sequence_length
+
+Winner and loser latents are the sampler's own final latents when the run saved them
+(`sampling.save_latents`, `candidates/latent`): no VAE round trip, which matters for a VAE whose
+decode(encode(x)) is far from x (the tiny random one); otherwise the candidate images are VAE-encoded.
+`complete` is written last: a cache without it (a crash half-way) is rebuilt. The hole at latent
+resolution is the max over each s x s pixel block (a latent pixel touching the hole is hole).
+Pair order is the sample order; the trainer shuffles by index (`fyp.dpo.train.global_indices`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..models import encode_condition, encode_image_latents, encode_prompt, pack_latents
+from ..store import RunStore, StoreError
+
+ENCODE_CHUNK = 8  # samples encoded per VAE / text-encoder call
+
+
+class PairsError(RuntimeError):
+    """The pairs to train on are missing or empty."""
+
+
+def cache_group(name: str) -> str:
+    return f"train/{name}"
+
+
+@dataclass
+class Batch:
+    latent_w: torch.Tensor
+    latent_l: torch.Tensor
+    condition: torch.Tensor
+    loss_mask: torch.Tensor  # [B, L, 4C]
+    prompt_embeds: torch.Tensor
+    pooled: torch.Tensor
+    margin: torch.Tensor
+
+
+def read_pairs(store: RunStore, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]:
+    """(sample index, winner k, loser k, margin) of the usable pairs of `pairs/<name>`, and its attrs."""
+    group = f"pairs/{name}"
+    if f"{group}/valid" not in store:
+        have = sorted(store.root["pairs"].group_keys()) if "pairs" in store else []
+        raise PairsError(f"the store has no pairs named {name!r} (has: {', '.join(have) or 'none'}); "
+                         f"run `python -m hpc.submit pairs --run <run> --method {name}` first")
+    valid = store[f"{group}/valid"][:].astype(bool)
+    if "samples/valid" in store:
+        valid &= store["samples/valid"][:].astype(bool)
+    winner, loser = store[f"{group}/winner"][:], store[f"{group}/loser"][:]
+    valid &= (winner >= 0) & (loser >= 0) & (winner != loser)
+    index = np.flatnonzero(valid)
+    if index.size == 0:
+        raise PairsError(f"pairs/{name} holds no usable pair; check the pairs stage's counts")
+    margin = store[f"{group}/margin"][:] if f"{group}/margin" in store else np.full(len(valid), np.nan, np.float32)
+    attrs = dict(store.root[group].attrs)
+    return index, winner[index].astype(np.int64), loser[index].astype(np.int64), margin[index].astype(np.float32), attrs
+
+
+def hole_at_latent(mask: np.ndarray, scale: int) -> np.ndarray:
+    """uint8 [B,H,W] (1 = hole) -> float32 [B,1,h,w]: 1 where any pixel of the s x s block is hole."""
+    b, height, width = mask.shape
+    blocks = mask.reshape(b, height // scale, scale, width // scale, scale)
+    return (blocks.max(axis=(2, 4)) > 0).astype(np.float32)[:, None]
+
+
+def build_cache(store: RunStore, pipe, name: str, max_sequence_length: int) -> None:
+    """Encode every usable pair once (winner, loser, condition, prompt) into `train/<name>/`."""
+    index, winner, loser, margin, attrs = read_pairs(store, name)
+    group = cache_group(name)
+    if group in store:
+        del store.root[group]  # an incomplete or stale cache: rebuild from scratch
+    count = len(index)
+    scale = pipe.vae_scale_factor
+    arrays: dict = {}
+
+    def put(key: str, start: int, value: torch.Tensor | np.ndarray) -> None:
+        value = value.detach().float().cpu().numpy() if isinstance(value, torch.Tensor) else value
+        if key not in arrays:
+            arrays[key] = store.create_array(f"{group}/{key}", shape=(count, *value.shape[1:]),
+                                             chunks=(1, *value.shape[1:]), dtype=value.dtype, fill_value=0)
+        arrays[key][start:start + len(value)] = value
+
+    images, masks, prompts = store["candidates/image"], store["samples/mask"], store["samples/prompt"]
+    saved = store["candidates/latent"] if "candidates/latent" in store else None
+    for start in range(0, count, ENCODE_CHUNK):
+        rows = slice(start, min(count, start + ENCODE_CHUNK))
+        samples = index[rows]
+        image = np.stack([images[n] for n in samples])  # [b, K, H, W, 3]
+        pick = np.arange(len(samples))
+        mask = np.stack([masks[n] for n in samples])
+        for key, side in (("latent_w", winner[rows]), ("latent_l", loser[rows])):
+            if saved is not None:  # the sampler's own final latents: exactly what was decoded and scored
+                latents = torch.from_numpy(np.stack([saved[n, k] for n, k in zip(samples, side)]).astype(np.float32))
+            else:
+                latents = encode_image_latents(pipe, image[pick, side])
+            put(key, start, pack_latents(latents))
+        # The condition comes from the original (masked) sample image, as when sampling.
+        source = np.stack([store["samples/image"][n] for n in samples])
+        put("condition", start, encode_condition(pipe, source, mask))
+        put("loss_mask", start, pack_latents(torch.from_numpy(hole_at_latent(mask, scale))))
+        text = encode_prompt(pipe, [str(prompts[n]) for n in samples], max_sequence_length)
+        put("prompt_embeds", start, text.prompt_embeds)
+        put("pooled", start, text.pooled)
+    put("sample", 0, index)
+    put("margin", 0, margin)
+    latent_hw = [store.shape.height // scale, store.shape.width // scale]
+    store.root[group].attrs.update(dict(pairs=count, method=attrs.get("method", name), latent_hw=latent_hw,
+                                        max_sequence_length=int(max_sequence_length), complete=True))
+
+
+class PairData:
+    """Random access to the encoded pairs (read from the store's cache arrays, row by row)."""
+
+    def __init__(self, store: RunStore, name: str):
+        group = cache_group(name)
+        if group not in store or not store.root[group].attrs.get("complete", False):
+            raise StoreError(f"{store.path} has no complete latent cache {group}; the train task builds it")
+        self.name, self.store, self.group = name, store, group
+        attrs = dict(store.root[group].attrs)
+        self.num_pairs = int(attrs["pairs"])
+        self.latent_hw = tuple(attrs["latent_hw"])
+        self._arrays = {key: store[f"{group}/{key}"] for key in
+                        ("latent_w", "latent_l", "condition", "loss_mask", "prompt_embeds", "pooled")}
+        self.margin = torch.from_numpy(store[f"{group}/margin"][:])
+        self.samples = store[f"{group}/sample"][:]
+        self.latent_tokens = self._arrays["latent_w"].shape[1:]  # (L, 4C)
+
+    def batch(self, rows: list[int], device, dtype) -> Batch:
+        def load(key):
+            return torch.from_numpy(np.stack([self._arrays[key][r] for r in rows])).to(device=device, dtype=dtype)
+
+        channels = self.latent_tokens[1]
+        mask4 = load("loss_mask")
+        return Batch(load("latent_w"), load("latent_l"), load("condition"), mask4.repeat(1, 1, channels // 4),
+                     load("prompt_embeds"), load("pooled"), self.margin[rows].to(device=device, dtype=torch.float32))

@@ -1,0 +1,97 @@
+"""Checkpoint and requeue on the scheduler's pre-timeout signal (USR2).
+
+Slurm: the job script asks for `--signal=B:USR2@<signal_seconds>` and `exec`s python, so the task
+process itself gets USR2 before the time limit. For a stage with a graceful-stop hook (train:
+`fyp.dpo.train.request_stop`) the handler calls the hook; the stage checkpoints after its current step
+and ends its task (TrainingPreempted). Any other stage is interrupted at once: the handler raises
+`Preempted` in the task's main thread (its stores keep every finished sample). Either way `hpc.task`
+then requeues the job with `scontrol requeue`, up to `max_requeues` times, and the requeued attempt
+runs the same shard again: stores skip what their done masks mark, training resumes from its
+checkpoint.
+
+Local executor: submitit's own machinery (USR2 before `timeout_min`, exit code 144, the controller
+starts the task again) with `ShardCall`, a `submitit.helpers.Checkpointable` around `execute_shard`.
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import signal
+import subprocess
+import threading
+
+import submitit
+
+from fyp.stages import execute_shard
+
+log = logging.getLogger("hpc")
+
+
+class Preempted(BaseException):
+    """The scheduler asked this task to stop (time limit near). BaseException: `except Exception` in a
+    stage does not swallow it."""
+
+
+# Stages that can stop cleanly at their next step boundary after checkpointing: USR2 calls the hook
+# instead of interrupting them; the stage then ends its task (fyp.dpo.train raises TrainingPreempted).
+GRACEFUL_STOP = {"train": "fyp.dpo.train:request_stop"}
+_SIGNALLED = threading.Event()
+
+
+def signalled() -> bool:
+    """Whether this task got the pre-timeout signal (so its ending, whatever it is, means: requeue)."""
+    return _SIGNALLED.is_set()
+
+
+def install_handler(stage: str) -> None:
+    hook = None
+    if stage in GRACEFUL_STOP:
+        module, attr = GRACEFUL_STOP[stage].split(":")
+        try:
+            hook = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError):
+            hook = None
+
+    def handler(signum, frame):
+        _SIGNALLED.set()
+        name = signal.Signals(signum).name
+        if hook is not None:
+            log.warning("signal %s: the time limit is near; asking %s to checkpoint and stop", name, stage)
+            hook()
+            return
+        raise Preempted(f"signal {name}: the time limit is near; stopping to requeue")
+
+    signal.signal(signal.SIGUSR2, handler)
+
+
+def slurm_job_to_requeue() -> str | None:
+    array_job, array_task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    if array_job and array_task:
+        return f"{array_job}_{array_task}"
+    return os.environ.get("SLURM_JOB_ID")
+
+
+def requeue_slurm_job(max_requeues: int) -> bool:
+    """Requeue this Slurm job unless it ran out of requeues; True if requeued."""
+    restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
+    job = slurm_job_to_requeue()
+    if job is None:
+        log.warning("not requeued: not running under Slurm")
+        return False
+    if restarts >= max_requeues:
+        log.warning("not requeued: this task was already requeued %d times (max_requeues=%d)", restarts, max_requeues)
+        return False
+    subprocess.run(["scontrol", "requeue", job], check=True, timeout=60, capture_output=True)
+    log.info("requeued Slurm job %s (attempt %d ends here)", job, restarts)
+    return True
+
+
+class ShardCall(submitit.helpers.Checkpointable):
+    """execute_shard for submitit's local executor: on USR2 submitit calls `checkpoint`, which (as
+    Checkpointable's default) resubmits the same call; the stage resumes from its store or checkpoint."""
+
+    def __call__(self, stage: str, run_dir: str, shard: int, variant: str | None, opts: dict) -> dict:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+        print(f"[hpc] {stage}{'/' + variant if variant else ''} shard {shard}: local task, pid {os.getpid()}", flush=True)
+        return execute_shard(stage, run_dir, shard, variant, opts)

@@ -1,0 +1,126 @@
+"""Talking to Slurm: sbatch, one sacct call for many jobs (squeue where accounting is off), waiting.
+
+Every call goes through `_call`, which counts scheduler calls (`CALLS`) so that tests and benchmarks
+can check that `status` makes one.
+"""
+from __future__ import annotations
+
+import collections
+import re
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+
+CALLS: collections.Counter = collections.Counter()
+# Slurm job states, grouped by what they mean for a task
+QUEUED = {"PENDING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "RESV_DEL_HOLD", "CONFIGURING", "SUSPENDED",
+          "RESIZING", "SIGNALING", "STAGE_OUT", "PREEMPTED_REQUEUE"}
+RUNNING = {"RUNNING", "COMPLETING"}
+DONE = {"COMPLETED"}
+CANCELLED = {"CANCELLED", "REVOKED"}
+FAILED = {"FAILED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE", "PREEMPTED", "SPECIAL_EXIT"}
+ENDED = DONE | CANCELLED | FAILED
+
+
+class SlurmError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class JobState:
+    state: str  # first word of Slurm's state, e.g. CANCELLED (not "CANCELLED by 0")
+    reason: str = ""
+    exit_code: str = ""
+
+    @property
+    def ended(self) -> bool:
+        return self.state in ENDED
+
+
+def available() -> bool:
+    return shutil.which("sbatch") is not None
+
+
+def _call(cmd: list[str], timeout: float = 120) -> subprocess.CompletedProcess:
+    CALLS[cmd[0]] += 1
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except FileNotFoundError:
+        raise SlurmError(f"{cmd[0]} is not installed here; is this a Slurm login node? "
+                         "(for a local test cluster: python -m hpc.local_slurm start)") from None
+
+
+def sbatch(cmd: list[str]) -> str:
+    out = _call(cmd)
+    if out.returncode:
+        raise SlurmError(f"sbatch refused the job: {(out.stderr or out.stdout).strip().splitlines()[-1:] or '?'}")
+    return out.stdout.strip().split(";")[0]  # --parsable: "jobid" or "jobid;cluster"
+
+
+def max_array_size() -> int | None:
+    out = _call(["scontrol", "show", "config"])
+    match = re.search(r"^MaxArraySize\s*=\s*(\d+)", out.stdout, re.M)
+    return int(match.group(1)) if match else None
+
+
+_ARRAY_RANGE = re.compile(r"^(\d+)_\[(.+)\]$")
+
+
+def _expand(job_id: str) -> list[str]:
+    """'12_[3-5,7%2]' -> ['12_3', '12_4', '12_5', '12_7']; other ids unchanged."""
+    match = _ARRAY_RANGE.match(job_id)
+    if not match:
+        return [job_id]
+    from .arrayspec import parse  # same syntax as --array
+
+    return [f"{match.group(1)}_{i}" for i in parse(match.group(2)).indices]
+
+
+def query(job_ids: list[str]) -> dict[str, JobState]:
+    """States of jobs and array tasks ('12', '12_3'), with ONE sacct call (squeue when accounting is off).
+
+    An array job id returns a key per task. Jobs squeue no longer knows are absent from the result.
+    """
+    ids = sorted({str(j).split("_")[0] for j in job_ids if j})
+    if not ids:
+        return {}
+    out = _call(["sacct", "-X", "-n", "-P", "-j", ",".join(ids), "-o", "JobID,State,Reason,ExitCode"])
+    states: dict[str, JobState] = {}
+    if out.returncode == 0 and "accounting storage is disabled" not in (out.stderr + out.stdout).lower():
+        for line in out.stdout.splitlines():
+            parts = line.split("|")
+            if len(parts) < 4:
+                continue
+            job, state, reason, code = parts[:4]
+            for key in _expand(job):
+                states[key] = JobState(state.split()[0] if state else "UNKNOWN", reason, code)
+        return states
+    out = _call(["squeue", "-h", "-r", "-j", ",".join(ids), "-o", "%i|%T|%r"])
+    for line in out.stdout.splitlines():
+        parts = line.split("|")
+        if len(parts) >= 3:
+            states[parts[0]] = JobState(parts[1], parts[2])
+    return states
+
+
+def wait(job_ids: list[str], poll_seconds: float = 3.0, timeout: float | None = None, echo=None) -> dict[str, JobState]:
+    """Block until every job (and array task) ended; returns the final states. Polls by design: --wait."""
+    deadline = None if timeout is None else time.time() + timeout
+    last = ""
+    while True:
+        states = query(job_ids)
+        mine = {k: v for k, v in states.items() if k.split("_")[0] in {str(j) for j in job_ids}}
+        # a job sacct does not know yet (just submitted) counts as not ended
+        known = {str(j).split("_")[0] for j in mine}
+        if mine and all(v.ended for v in mine.values()) and known >= {str(j) for j in job_ids}:
+            return mine
+        if echo:
+            counts = collections.Counter(v.state for v in mine.values())
+            line = ", ".join(f"{k.lower()} {n}" for k, n in sorted(counts.items()))
+            if line != last:
+                echo(f"  waiting: {line}")
+                last = line
+        if deadline is not None and time.time() > deadline:
+            raise SlurmError(f"jobs {', '.join(job_ids)} still not ended after {timeout:.0f}s")
+        time.sleep(poll_seconds)

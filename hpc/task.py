@@ -1,0 +1,84 @@
+"""The process a Slurm job script runs: one shard of a stage, or a stage's finalisation.
+
+    python -m hpc.task STAGE --run DIR --shard N [--variant V] [stage options]
+    python -m hpc.task STAGE --run DIR --finalize [--variant V] [stage options]
+
+It logs to stderr (the job script sends both streams to the task's per-attempt log), records the
+task's outcome through `fyp.stages.execute_shard`, and requeues itself on the pre-timeout signal.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+import traceback
+
+from fyp.run import Run
+from fyp.stages import execute_shard, get_stage
+
+from . import ledger, requeue
+from .options import add_stage_options, stage_opts
+
+log = logging.getLogger("hpc")
+
+
+def finalize(stage_name: str, run_dir, variant: str | None, opts: dict) -> None:
+    run = Run.open(run_dir)
+    stage = get_stage(stage_name)
+    start = time.time()
+    stage.finalize(run, variant, opts)
+    marker = ledger.finalized_marker(run_dir, stage_name, variant)
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps(dict(stage=stage_name, variant=variant, time=time.time(),
+                                      seconds=time.time() - start)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0].startswith("-"):
+        print("usage: python -m hpc.task STAGE --run DIR (--shard N | --finalize) [--variant V] [options]", file=sys.stderr)
+        return 2
+    stage = get_stage(argv[0])
+    parser = argparse.ArgumentParser(prog=f"python -m hpc.task {stage.name}")
+    parser.add_argument("--run", required=True)
+    parser.add_argument("--variant", default=None)
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--shard", type=int)
+    which.add_argument("--finalize", action="store_true")
+    add_stage_options(parser, stage)
+    args = parser.parse_args(argv[1:])
+    opts = stage_opts(stage, args)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if args.finalize:
+        finalize(stage.name, args.run, args.variant, opts)
+        log.info("%s%s finalised", stage.name, "/" + args.variant if args.variant else "")
+        return 0
+    requeue.install_handler(stage.name)
+    try:
+        execute_shard(stage.name, args.run, args.shard, args.variant, opts)
+    except BaseException as exc:  # noqa: BLE001 - after the pre-timeout signal any ending means: requeue
+        if not requeue.signalled():
+            if isinstance(exc, Exception):
+                traceback.print_exc()
+                return 1
+            raise
+        log.warning("%s: %s", type(exc).__name__, exc)
+        run = Run.open(args.run)
+        attempt = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
+        # the record first: Slurm ends this process soon after `scontrol requeue`
+        run.write_task_record(stage.name, args.shard, "requeued", args.variant, attempt=attempt,
+                              error=f"requeued after attempt {attempt} (time limit near)")
+        if requeue.requeue_slurm_job(int(os.environ.get("HPC_MAX_REQUEUES", "3"))):
+            return 0
+        run.write_task_record(stage.name, args.shard, "failed", args.variant, attempt=attempt,
+                              error=f"stopped at the time limit after {attempt} requeues (max_requeues)")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

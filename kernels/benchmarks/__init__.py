@@ -1,0 +1,1 @@
+"""Benchmark helpers of the kernels (pytest `--benchmark` runs and benchmarks/gpu/ scripts)."""

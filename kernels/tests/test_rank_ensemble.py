@@ -1,0 +1,162 @@
+"""The C++ and Triton rank-ensemble kernels against the PyTorch reference.
+
+Indices, model counts and status must be equal; values equal to 1e-6. Inputs carry many ties (few
+distinct levels), NaNs, infs, samples with no usable model, all-tied samples and zero weights. Triton
+runs under TRITON_INTERPRET=1 on a CPU (kernels/conftest.py), so its shapes stay small. The reference
+itself is checked against a naive implementation of SPEC section 3 in tests/test_ensemble.py.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import kernels
+from kernels.rank_ensemble_ops import ensemble
+from kernels.rank_ensemble_reference import MODES
+
+# the interpreter computes NaN arithmetic in numpy, which warns; the NaNs are the point of these inputs
+pytestmark = pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+HAS_CUDA = torch.cuda.is_available()
+DEVICE = "cuda" if HAS_CUDA else "cpu"
+
+
+def make_scores(n, m, k, seed=0, levels=4, device="cpu"):
+    g = torch.Generator().manual_seed(seed)
+    s = torch.randint(0, levels, (n, m, k), generator=g).float() + 0.25 * torch.randint(0, 2, (n, m, 1), generator=g)
+    s[torch.rand(n, m, k, generator=g) < 0.04] = float("nan")
+    if n > 3:
+        s[1] = float("nan")  # no usable model
+        s[2] = 0.5  # every candidate tied
+        s[3, 0, k // 2] = float("inf")
+    return s.to(device)
+
+
+def make_weights(kind, m, seed=0):
+    g = torch.Generator().manual_seed(100 + seed)
+    if kind == "none":
+        return None
+    w = torch.rand(m, generator=g) * 2
+    if kind == "zero":
+        w[m // 2] = 0.0
+    if kind == "integer":
+        w = torch.randint(1, 4, (m,), generator=g).float()
+    return w
+
+
+def assert_same(got, want):
+    assert torch.equal(got.winner.cpu(), want.winner.cpu()), (got.winner, want.winner)
+    assert torch.equal(got.loser.cpu(), want.loser.cpu()), (got.loser, want.loser)
+    assert torch.equal(got.models_used.cpu(), want.models_used.cpu())
+    assert torch.equal(got.status.cpu(), want.status.cpu())
+    torch.testing.assert_close(got.values.cpu(), want.values.cpu(), rtol=0, atol=1e-6, equal_nan=True)
+
+
+# ------------------------------------------------------------------------------------------------ C++
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("weighting", ["none", "random", "zero", "integer"])
+@pytest.mark.parametrize("shape", [(257, 9, 16), (64, 3, 5), (33, 1, 2)])
+def test_cpp_matches_reference(mode, weighting, shape):
+    n, m, k = shape
+    s = make_scores(n, m, k, seed=n + m + k, levels=3 if k < 8 else 6)
+    w = make_weights(weighting, m, seed=k)
+    kw = dict(seed=11, sample_offset=1000)
+    assert_same(ensemble(s, mode, w, backend="cpp", **kw), ensemble(s, mode, w, backend="reference", **kw))
+
+
+def test_cpp_continuous_scores_and_large_ranges():
+    g = torch.Generator().manual_seed(3)
+    s = torch.randn(500, 9, 16, generator=g) * torch.tensor([0.01, 1, 10, 100, 1000, 1, 1, 1, 1]).view(1, 9, 1)
+    for mode in MODES:
+        assert_same(ensemble(s, mode, backend="cpp"), ensemble(s, mode, backend="reference"))
+
+
+def test_cpp_uses_every_thread_count_consistently():
+    s = make_scores(300, 5, 8, seed=4)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = ensemble(s, "average", backend="cpp")
+    finally:
+        torch.set_num_threads(threads)
+    assert_same(ensemble(s, "average", backend="cpp"), one)
+
+
+def test_cpp_rejects_non_cpu_backend_mismatch():
+    with pytest.raises(ValueError, match="unknown backend"):
+        ensemble(make_scores(4, 2, 4), "min", backend="cuda-magic")
+
+
+# ------------------------------------------------------------------------------------------------ Triton
+TRITON_SHAPES = [(8, 3, 4), (8, 9, 16), (8, 5, 7), (5, 4, 13)]
+
+
+@pytest.mark.parametrize("variant", ["loop", "tile"])
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("shape", TRITON_SHAPES, ids=["x".join(map(str, s)) for s in TRITON_SHAPES])
+def test_triton_matches_reference(mode, shape, variant):
+    from kernels.rank_ensemble_ops import CAPO_TIE_TOL, MODE_IDS, seed_term
+    from kernels.rank_ensemble_triton import rank_ensemble_triton
+
+    n, m, k = shape
+    s = make_scores(n, m, k, seed=m * k, levels=3, device=DEVICE)
+    for weighting in ("none", "zero"):
+        w = make_weights(weighting, m, seed=n)
+        w_dev = (torch.ones(m) if w is None else w).to(DEVICE)
+        got = rank_ensemble_triton(s, w_dev, MODE_IDS[mode], seed_term(7), 123_456, CAPO_TIE_TOL,
+                                   loop=variant == "loop")
+        want = ensemble(s, mode, w, backend="reference", seed=7, sample_offset=123_456)
+        assert_same(kernels.EnsembleResult(*got), want)
+    if variant == "loop":  # the public entry point takes this path
+        assert_same(ensemble(s, mode, w, backend="triton", seed=7, sample_offset=123_456), want)
+
+
+@pytest.mark.parametrize("loop", [True, False])
+@pytest.mark.parametrize("mode", ["average", "capo"])
+def test_triton_blocks_and_seeds(mode, loop):
+    """Several programs (N not a multiple of the block), a seed whose hash term exceeds 2^31."""
+    from kernels.rank_ensemble_ops import CAPO_TIE_TOL, MODE_IDS, seed_term
+    from kernels.rank_ensemble_triton import rank_ensemble_triton
+
+    s = make_scores(13, 3, 6, seed=1, levels=3, device=DEVICE)
+    w = torch.rand(3, generator=torch.Generator().manual_seed(0)).to(DEVICE)
+    seed = 2**31 + 5
+    assert seed_term(seed) >= 2**31
+    got = rank_ensemble_triton(s, w, MODE_IDS[mode], seed_term(seed), 40, CAPO_TIE_TOL, block_n=4, loop=loop)
+    want = ensemble(s, mode, w, backend="reference", seed=seed, sample_offset=40)
+    assert_same(kernels.EnsembleResult(*got), want)
+
+
+def test_triton_refuses_too_many_candidates():
+    s = torch.zeros(2, 1, 200, device=DEVICE)
+    with pytest.raises(ValueError, match="K <= 128"):
+        ensemble(s, "min", backend="triton")
+
+
+# ------------------------------------------------------------------------------------------------ API
+def test_public_api_returns_values_or_pairs():
+    s = make_scores(16, 4, 6)
+    values = kernels.rank_ensemble(s, ties="dense", backend="reference")
+    assert values.shape == (16, 6) and values.dtype == torch.float32
+    res = kernels.calibrated_reward(s, "caen", backend="cpp", return_pairs=True)
+    assert isinstance(res, kernels.EnsembleResult)
+    assert res.winner.dtype == torch.int32 and res.status.dtype == torch.int8
+    assert res.status[1] == 1 and res.winner[1] == -1 and torch.isnan(res.values[1]).all()
+    assert res.status[2] == 2
+    ok = res.status == 0
+    rows = torch.nonzero(ok).squeeze(1)
+    assert (res.values[rows, res.winner[rows].long()] > res.values[rows, res.loser[rows].long()]).all()
+    with pytest.raises(ValueError, match="unknown tie method"):
+        kernels.rank_ensemble(s, ties="ordinal")
+    with pytest.raises(ValueError, match="unknown calibrated reward"):
+        kernels.calibrated_reward(s, "dpo")
+    with pytest.raises(ValueError, match="K >= 2"):
+        kernels.calibrated_reward(s[:, :, :1], "capo")
+
+
+def test_cpp_build_error_is_clear_without_a_compiler(monkeypatch):
+    import kernels.rank_ensemble_cpp as cpp
+
+    monkeypatch.setattr(cpp, "_module", None)
+    monkeypatch.setenv("CXX", "no-such-compiler-xyz")
+    with pytest.raises(cpp.KernelBuildError, match="needs a C\\+\\+ compiler"):
+        cpp.load()

@@ -1,0 +1,181 @@
+"""The command line, in process: clear one-line errors, dry runs that write nothing, status from records."""
+import json
+from pathlib import Path
+
+import pytest
+
+from fyp.run import Run
+from hpc import ledger, slurm, status
+from hpc.submit import main
+
+
+def run_cli(capsys, *args):
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def created(tmp_path_factory):
+    """A run with config and store, no task run (prepare --create-only)."""
+    run = tmp_path_factory.mktemp("hpc") / "run"
+    assert main(["prepare", "--run", str(run), "--preset", "tiny", "--samples", "6", "--shards", "3",
+                 "--create-only"]) == 0
+    return run
+
+
+def test_unknown_preset_lists_valid(capsys, tmp_path):
+    code, out, err = run_cli(capsys, "prepare", "--run", tmp_path / "r", "--preset", "tinyy")
+    assert code == 2
+    assert err.strip().startswith("error: unknown preset 'tinyy'; valid presets:") and "tiny" in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not (tmp_path / "r" / "config.yaml").exists()
+
+
+def test_unknown_config_key_lists_valid(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "prepare", "--run", tmp_path / "r", "--preset", "tiny", "--set", "sampling.stepz=3")
+    assert code == 2
+    assert "unknown config key sampling.stepz" in err and "valid keys:" in err and "steps" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_array_index_outside_shards(capsys, created):
+    code, _, err = run_cli(capsys, "prepare", "--run", created, "--array", "0-3")
+    assert code == 2
+    assert err.strip() == "error: prepare: --array index 3 is outside this run's shards 0-2"
+
+
+def test_bad_cluster_config_is_refused_before_submitting(capsys, created, tmp_path):
+    bad = tmp_path / "mine.yaml"
+    bad.write_text("executor: slurm\npartition: gpu\ngpus: 2\n")
+    code, _, err = run_cli(capsys, "prepare", "--run", created, "--cluster", bad)
+    assert code == 2 and "unknown key 'gpus'" in err and "valid keys:" in err
+    assert not ledger.path(created).exists()
+
+
+def test_unknown_stage(capsys, created):
+    code, _, err = run_cli(capsys, "smaple", "--run", created)
+    assert code == 2 and "unknown command 'smaple'" in err and "pipeline" in err
+
+
+def test_pipeline_dry_run_renders_afterok_chain_and_writes_nothing(capsys, tmp_path):
+    run = tmp_path / "never"
+    code, out, _ = run_cli(capsys, "pipeline", "--run", run, "--preset", "tiny", "--samples", "4", "--shards", "2",
+                           "--cluster", "slurm-local", "--dry-run")
+    assert code == 0
+    assert not run.exists()
+    commands = [line for line in out.splitlines() if line.startswith("$ sbatch")]
+    assert commands[0] == f"$ sbatch --parsable --array=0-1 {run}/logs/prepare/prepare.sbatch"
+    assert "'--dependency=afterok:<prepare>'" in commands[1] and "finalize.sbatch" in commands[1]
+    sample = [c for c in commands if "sample/sample.sbatch" in c]
+    assert sample and "'--dependency=afterok:<prepare:finalize>'" in sample[0]
+    # every stage after the first waits on the previous stage's finalisation jobs
+    for cmd in commands[2:]:
+        assert "--dependency=afterok:" in cmd
+    assert "#SBATCH --partition=debug" in out and "#SBATCH --signal=B:USR2@60" in out
+
+
+def test_stage_dry_run_on_slurm_splits_large_arrays(capsys, tmp_path):
+    cfg = tmp_path / "small.yaml"
+    cfg.write_text("executor: slurm\nmax_array_size: 2\n")
+    run = tmp_path / "r"
+    code, out, _ = run_cli(capsys, "prepare", "--run", run, "--preset", "tiny", "--samples", "5", "--shards", "5",
+                           "--cluster", cfg, "--dry-run", "--array", "0-4%2")
+    assert code == 0
+    commands = [line for line in out.splitlines() if line.startswith("$ sbatch --parsable --array")]
+    assert commands == [
+        f"$ sbatch --parsable --array=0-1%2 {run}/logs/prepare/prepare.sbatch",
+        f"$ sbatch --parsable --array=0-1%2 --export=ALL,HPC_SHARD_OFFSET=2 {run}/logs/prepare/prepare.sbatch",
+        f"$ sbatch --parsable --array=0%2 --export=ALL,HPC_SHARD_OFFSET=4 {run}/logs/prepare/prepare.sbatch",
+    ]
+    assert "afterok:<prepare>:<prepare:2>:<prepare:4>" in out
+
+
+def test_status_reports_failures_with_error_and_log(capsys, created, monkeypatch):
+    run = Run.open(created)
+    run.write_task_record("prepare", 0, "done", done=2)
+    run.write_task_record("prepare", 1, "failed", error="ValueError: corrupt image at sample 3")
+    ledger.append(created, kind="local", stage="prepare", variant=None, shard=1, job_id="4242",
+                  log=str(created / "logs/prepare/shard-00001/4242_0_log.out"))
+    run.write_task_record("prepare", 1, "failed", error="ValueError: corrupt image at sample 3")
+    code, out, _ = run_cli(capsys, "status", "--run", created, "--stage", "prepare")
+    assert code == 0
+    row = next(line for line in out.splitlines() if line.startswith("prepare "))
+    assert row.split()[1:8] == ["0/6", "1", "0", "0", "1", "1", "0"]
+    assert "prepare shard 1 FAILED (job 4242): ValueError: corrupt image at sample 3" in out
+    assert "log: " + str(created / "logs/prepare/shard-00001/4242_0_log.out") in out
+
+
+def test_status_of_a_1024_task_run_makes_one_scheduler_call(tmp_path, monkeypatch):
+    run_dir = tmp_path / "big"
+    assert main(["prepare", "--run", str(run_dir), "--preset", "tiny", "--samples", "1024", "--shards", "1024",
+                 "--create-only", "--set", "data.resolution=16"]) == 0
+    ledger.append(run_dir, kind="tasks", stage="prepare", variant=None, job_id="100", offset=0,
+                  indices=list(range(1001)), array="0-1000")
+    ledger.append(run_dir, kind="tasks", stage="prepare", variant=None, job_id="101", offset=1001,
+                  indices=list(range(23)), array="0-22")
+    ledger.append(run_dir, kind="finalize", stage="prepare", variant=None, job_id="102", depends=["100", "101"])
+    calls = []
+
+    def fake_run(cmd, **kw):  # what sacct prints for these jobs: one line per task, pending ranges folded
+        calls.append(cmd)
+        import subprocess
+        lines = [f"100_{i}|RUNNING|None|0:0" for i in range(1000)] + ["100_1000|FAILED|None|1:0",
+                 "101_[0-22%4]|PENDING|JobArrayTaskLimit|0:0", "102|PENDING|Dependency|0:0"]
+        return subprocess.CompletedProcess(cmd, 0, "\n".join(lines) + "\n", "")
+
+    monkeypatch.setattr(slurm.subprocess, "run", fake_run)
+    result = status.collect(run_dir, ["prepare"])
+    assert len(calls) == 1 and calls[0][0] == "sacct" and "100,101,102" in calls[0]
+    tally = result[0].tally()
+    assert tally == dict(pending=0, queued=23, running=1000, done=0, failed=1, cancelled=0)
+    assert result[0].finalize == "queued"
+
+
+def test_query_falls_back_to_squeue_without_accounting(monkeypatch):
+    import subprocess
+
+    calls = []
+
+    def fake_run(cmd, **kw):
+        calls.append(cmd[0])
+        if cmd[0] == "sacct":
+            return subprocess.CompletedProcess(cmd, 1, "", "sacct: error: Slurm accounting storage is disabled\n")
+        return subprocess.CompletedProcess(cmd, 0, "7_0|RUNNING|None\n7_1|PENDING|JobArrayTaskLimit\n", "")
+
+    monkeypatch.setattr(slurm.subprocess, "run", fake_run)
+    states = slurm.query(["7", "7"])
+    assert calls == ["sacct", "squeue"]
+    assert states["7_0"].state == "RUNNING" and states["7_1"].reason == "JobArrayTaskLimit"
+
+
+def test_sacct_array_ranges_expand():
+    assert slurm._expand("12_[3-5,7%2]") == ["12_3", "12_4", "12_5", "12_7"]
+    assert slurm._expand("12_4") == ["12_4"] and slurm._expand("12") == ["12"]
+
+
+def test_local_cluster_config_has_what_made_it_work():
+    from hpc import local_slurm
+
+    files = local_slurm.render_configs("node1", cpus=2, memory_mb=24000)
+    conf = files[local_slurm.ETC / "slurm.conf"]
+    for line in ("SlurmctldHost=node1(127.0.0.1)", "ProctrackType=proctrack/linuxproc", "TaskPlugin=task/none",
+                 "KillWait=5", "AuthInfo=cred_expire=10", "DependencyParameters=kill_invalid_depend",
+                 "ReturnToService=2", "AccountingStorageType=accounting_storage/slurmdbd", "GresTypes=gpu",
+                 "SelectType=select/cons_tres", "JobAcctGatherType=jobacct_gather/none"):
+        assert line in conf.splitlines(), line
+    assert "NodeName=node1 NodeAddr=127.0.0.1 CPUs=4" in conf and "RealMemory=21600" in conf
+    assert any(line.startswith("DefMemPerCPU=") for line in conf.splitlines())
+    assert files[local_slurm.ETC / "gres.conf"].strip() == "NodeName=node1 Name=gpu File=/run/fyp-slurm/gpu[0-3]"
+    assert "CgroupPlugin=cgroup/v1" in files[local_slurm.ETC / "cgroup.conf"]
+    assert "StorageType=accounting_storage/mysql" in files[local_slurm.ETC / "slurmdbd.conf"]
+
+
+def test_local_pipeline_dry_run_lists_tasks_in_order(capsys, tmp_path):
+    code, out, _ = run_cli(capsys, "pipeline", "--run", tmp_path / "q", "--preset", "tiny", "--samples", "4",
+                           "--shards", "2", "--dry-run")
+    assert code == 0 and not (tmp_path / "q").exists()
+    lines = [line for line in out.splitlines() if line.startswith("would run")]
+    assert lines[:4] == ["would run prepare shard 0 locally", "would run prepare shard 1 locally",
+                         "would run sample shard 0 locally", "would run sample shard 1 locally"]
+    assert any(line.startswith("would run score/clipscore shard 1") for line in lines)

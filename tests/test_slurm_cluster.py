@@ -1,0 +1,262 @@
+"""On the REAL local Slurm cluster (python -m hpc.local_slurm start; root): arrays with a throttle,
+faults (scancel, SIGKILL, the pre-timeout signal), retries, dependencies, the chained pipeline.
+
+Every run uses the same small tiny-preset sampling problem, so stores can be compared with the
+reference run's, bit for bit.
+"""
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from hpc import ledger, local_slurm, slurm
+
+pytestmark = [pytest.mark.slurm, pytest.mark.timeout(1200)]
+
+SMALL = ["--preset", "tiny", "--samples", "6", "--set", "data.resolution=32", "--set", "sampling.candidates=2",
+         "--set", "sampling.batch_size=2"]
+COMPARED = ("candidates/image", "candidates/seed", "candidates/done", "samples/image", "samples/mask")
+
+
+@pytest.fixture(scope="session")
+def cluster():
+    local_slurm.start(verbose=False)
+    assert local_slurm.is_up()
+
+
+def cli(*args, ok=True, timeout=900):
+    out = subprocess.run([sys.executable, "-m", "hpc.submit", *[str(a) for a in args]], capture_output=True,
+                         text=True, timeout=timeout)
+    if ok:
+        assert out.returncode == 0, f"hpc.submit {' '.join(map(str, args))} -> {out.returncode}\n{out.stdout}\n{out.stderr}"
+    return out
+
+
+def prepared(tmp: Path, name: str, shards: int) -> Path:
+    run = tmp / name
+    cli("prepare", "--run", run, *SMALL, "--shards", shards, "--cluster", "slurm-local", "--wait")
+    return run
+
+
+def arrays(run: Path) -> dict:
+    group = zarr.open_group(run / "store.zarr", mode="r", use_consolidated=False)
+    return {name: group[name][:] for name in COMPARED}
+
+
+def assert_same_store(run: Path, reference: Path) -> None:
+    got, want = arrays(run), arrays(reference)
+    for name in COMPARED:
+        assert np.array_equal(got[name], want[name]), f"{name} differs from the uninterrupted run"
+    assert got["candidates/done"].all()
+
+
+def task_logs(run: Path, stage: str) -> list[Path]:
+    return sorted((run / "logs" / stage).glob("shard-*.job-*.attempt-*.log"))
+
+
+@pytest.fixture(scope="module")
+def reference(cluster, tmp_path_factory):
+    """Uninterrupted: tiny sampling as one array job with a throttle of 2 (3 shards)."""
+    run = prepared(tmp_path_factory.mktemp("slurm"), "reference", 3)
+    out = cli("sample", "--run", run, "--cluster", "slurm-local", "--array", "0-2%2", "--wait")
+    return run, out.stdout
+
+
+def test_array_with_throttle_finishes(reference):
+    run, stdout = reference
+    entries = [e for e in ledger.read(run) if e["stage"] == "sample" and e["kind"] == "tasks"]
+    assert len(entries) == 1 and entries[0]["array"] == "0-2%2"
+    assert arrays(run)["candidates/done"].all()
+    # one log per task and attempt, named by shard, array job id, task id and restart count
+    logs = task_logs(run, "sample")
+    job = entries[0]["job_id"]
+    assert [p.name for p in logs] == [f"shard-{s:05d}.job-{job}_{s}.attempt-0.log" for s in range(3)]
+    # the throttle held: never more than 2 tasks at once (start from the log's first line, end = last write)
+    spans = []
+    for path in logs:
+        start = float(re.search(r"start (\d+\.\d+)", path.read_text()).group(1))
+        spans.append((start, path.stat().st_mtime))
+    events = sorted([(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans])
+    running = peak = 0
+    for _, step in events:
+        running += step
+        peak = max(peak, running)
+    assert peak <= 2
+    assert "prepare" in cli("status", "--run", run).stdout
+
+
+def _wait_until(check, timeout, what):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if check():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_faults_then_retry_failed_equal_uninterrupted(reference, tmp_path):
+    """Mid-run: scancel shard 0, SIGKILL inside shard 1, USR2 (the pre-timeout signal) to shard 2.
+    Shard 2 requeues itself and finishes; --retry-failed runs exactly shards 0 and 1 again; the store
+    equals the uninterrupted run's."""
+    ref_run, _ = reference
+    run = prepared(tmp_path, "faults", 3)
+    cli("sample", "--run", run, "--cluster", "slurm-local")
+    job = next(e["job_id"] for e in ledger.read(run) if e["stage"] == "sample" and e["kind"] == "tasks")
+    done = lambda: zarr.open_group(run / "store.zarr", mode="r", use_consolidated=False)["candidates/done"][:]
+
+    # mid-run = the shard wrote its first sample, not yet its second
+    _wait_until(lambda: done()[[0, 2, 4]].all(), 600, "every shard's first sample")
+    assert not done()[[1, 3, 5]].all()
+    subprocess.run(["scancel", f"{job}_0"], check=True)
+    log1 = next(p for p in task_logs(run, "sample") if p.name.startswith("shard-00001"))
+    pid = int(re.search(r"pid (\d+)", log1.read_text()).group(1))
+    os.kill(pid, signal.SIGKILL)
+    subprocess.run(["scancel", "--signal=USR2", "--batch", f"{job}_2"], check=True)
+
+    final = slurm.wait([job], poll_seconds=1, timeout=600)
+    assert final[f"{job}_0"].state == "CANCELLED"
+    assert final[f"{job}_1"].state == "FAILED"
+    assert final[f"{job}_2"].state == "COMPLETED"
+    shard2 = [p.name for p in task_logs(run, "sample") if p.name.startswith("shard-00002")]
+    assert shard2 == [f"shard-00002.job-{job}_2.attempt-0.log", f"shard-00002.job-{job}_2.attempt-1.log"]
+    assert "requeued" in (run / "logs/sample" / shard2[0]).read_text().lower()
+
+    report = cli("status", "--run", run, "--stage", "sample").stdout
+    row = next(line for line in report.splitlines() if line.startswith("sample "))
+    assert row.split()[2:8] == ["0", "0", "0", "1", "1", "1"], report  # pending queued running done failed cancelled
+    assert f"sample shard 0 CANCELLED (job {job}_0)" in report
+    assert f"sample shard 1 FAILED (job {job}_1): Slurm FAILED" in report
+    assert f"log: {run}/logs/sample/shard-00001.job-{job}_1.attempt-0.log" in report
+
+    retry = cli("sample", "--run", run, "--cluster", "slurm-local", "--retry-failed", "--wait")
+    retried = [e for e in ledger.read(run) if e["stage"] == "sample" and e["kind"] == "tasks"][-1]
+    assert retried["indices"] == [0, 1], retry.stdout
+    assert_same_store(run, ref_run)
+    report = cli("status", "--run", run, "--stage", "sample").stdout
+    row = next(line for line in report.splitlines() if line.startswith("sample "))
+    assert row.split()[1:8] == ["6/6", "0", "0", "0", "3", "0", "0"] and row.split()[8] == "done", report
+
+
+def test_child_of_failed_parent_is_cancelled_and_status_says_why(cluster, tmp_path):
+    run = tmp_path / "broken"
+    cli("prepare", "--run", run, "--preset", "toy", "--samples", "4", "--shards", "2", "--create-only")
+    # break the store behind the run's back: every prepare task fails writing samples/image
+    import shutil
+    shutil.rmtree(run / "store.zarr" / "samples" / "image")
+    out = cli("pipeline", "--run", run, "--cluster", "slurm-local", "--wait", ok=False)
+    assert out.returncode == 1, out.stdout + out.stderr
+    report = cli("status", "--run", run).stdout
+    assert re.search(r"prepare shard 0 FAILED \(job \d+_0\): \w+", report), report
+    assert "prepare finalize CANCELLED: cancelled by Slurm: a job it depends on (afterok:" in report
+    assert re.search(r"sample shard 1 CANCELLED \(job \d+_1\): cancelled by Slurm: a job it depends on "
+                     r"\(afterok:\d+\) failed or was cancelled", report), report
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(cluster, tmp_path_factory):
+    run = tmp_path_factory.mktemp("slurm") / "pipeline"
+    out = cli("pipeline", "--run", run, "--preset", "toy", "--samples", "4", "--shards", "2",
+              "--set", "pairs.method=ensemble", "--set", "train.pairs=ensemble",
+              "--set", "train.steps=2", "--set", "train.checkpoint_every=1", "--set", "eval.samples=2",
+              "--cluster", "slurm-local", "--wait", timeout=1100)
+    return run, out.stdout
+
+
+def test_pipeline_runs_through_available_stages(pipeline_run):
+    from hpc.submit import pipeline_stages
+
+    run, stdout = pipeline_run
+    assert "submitted jobs:" in stdout
+    report = cli("status", "--run", run).stdout
+    rows = {line.split()[0]: line.split() for line in report.splitlines()[2:] if line and not line.startswith(" ")}
+    # every (stage, variant) the chain submitted ran and was finalised. (Variants that only exist after an
+    # upstream stage ran, such as eval of the freshly trained model, are not known at submission time.)
+    submitted = {e["stage"] + ("/" + e["variant"] if e["variant"] else "") for e in ledger.read(run)}
+    for stage in pipeline_stages():
+        labelled = [row for label, row in rows.items()
+                    if (label == stage or label.startswith(stage + "/")) and label in submitted]
+        assert labelled, (stage, report)
+        for row in labelled:
+            # label samples pending queued running done failed cancelled finalize
+            assert row[2:5] == ["0", "0", "0"] and row[6:8] == ["0", "0"] and row[8] == "done", report
+    group = zarr.open_group(run / "store.zarr", mode="r", use_consolidated=False)
+    assert group["candidates/done"][:].all()
+
+
+def test_training_requeued_mid_run_resumes_from_checkpoint(pipeline_run):
+    """USR2 (the pre-timeout signal) to a training task: it checkpoints after its step, requeues itself,
+    and the next attempt resumes from that checkpoint and finishes."""
+    run, _ = pipeline_run
+    metrics = run / "train" / "ensemble" / "metrics.csv"
+    assert metrics.exists(), "the pipeline did not train (is the pairs stage available?)"
+    cli("train", "--run", run, "--steps", "12", "--cluster", "slurm-local")
+    job = [e for e in ledger.read(run) if e["stage"] == "train" and e["kind"] == "tasks"][-1]["job_id"]
+    _wait_until(lambda: len(metrics.read_text().splitlines()) - 1 >= 4, 600, "training to pass step 4")
+    subprocess.run(["scancel", "--signal=USR2", "--batch", f"{job}_0"], check=True)
+    final = slurm.wait([job], poll_seconds=1, timeout=900)
+    assert final[f"{job}_0"].state == "COMPLETED"
+    logs = sorted((run / "logs/train").glob(f"shard-00000.job-{job}_0.attempt-*.log"))
+    assert [p.name.rsplit(".", 2)[1] for p in logs] == ["attempt-0", "attempt-1"]
+    first, second = logs[0].read_text(), logs[1].read_text()
+    assert "TrainingPreempted" in first or "checkpointed at step" in first
+    resumed = re.search(r"resumed \S+ at step (\d+)", second)
+    assert resumed and int(resumed.group(1)) >= 4, second[-2000:]
+    steps = [int(line.split(",")[0]) for line in metrics.read_text().splitlines()[1:]]
+    assert steps == list(range(1, 13))
+
+
+def test_local_cluster_start_is_idempotent(cluster):
+    before = local_slurm.running()
+    start = time.time()
+    local_slurm.start(verbose=False)
+    assert time.time() - start < 15
+    assert local_slurm.running() == before and all(before.values())
+    out = subprocess.run(["sinfo", "-h", "-o", "%G"], capture_output=True, text=True, check=True).stdout
+    assert "gpu:4" in out
+    assert subprocess.run([sys.executable, "-m", "hpc.local_slurm", "status"], capture_output=True).returncode == 0
+
+
+def test_chain_sh_submits_afterok_chain(cluster, tmp_path):
+    """jobs/chain.sh with plain sbatch: every available stage queued, each waiting (afterok) on the one
+    before. Held with --begin so nothing runs; cancelled after."""
+    from hpc.jobs import JOBS_DIR
+    run = tmp_path / "chain"
+    env = dict(os.environ, SBATCH_ARGS="--begin=now+1hour", PYTHON=sys.executable)
+    out = subprocess.run(["bash", str(JOBS_DIR / "chain.sh"), str(run), "toy", "4", "2"], capture_output=True,
+                         text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    lines = [line for line in out.stdout.splitlines() if ": tasks " in line]
+    ids = {}
+    for line in lines:
+        label, rest = line.split(": tasks ")
+        tasks, final = rest.split(", finalize ")
+        ids[label] = (tasks, final)
+    try:
+        from hpc.jobs import plan
+
+        expected = []
+        for line in plan(str(run)):
+            stage, _, variants = line.split()
+            expected += [stage + ("/" + v if v != "-" else "") for v in variants.split(",")]
+        assert list(ids) == expected and [e.split("/")[0] for e in expected][:3] == ["prepare", "sample", "score"]
+        queue = subprocess.run(["squeue", "-h", "-r", "-o", "%F|%E", "-j", ",".join(j for pair in ids.values() for j in pair)],
+                               capture_output=True, text=True, check=True).stdout
+        deps = {}
+        for row in queue.splitlines():
+            job, dep = row.split("|")
+            deps.setdefault(job, dep)
+        labels = list(ids)
+        for before, after in zip(labels, labels[1:]):
+            tasks, final = ids[after]
+            assert f"afterok:{ids[before][1]}" in deps[tasks], (after, deps[tasks])
+            assert f"afterok:{tasks}" in deps[final], (after, deps[final])
+        assert (run / "config.yaml").exists() and (run / "logs/sample").is_dir()
+    finally:
+        subprocess.run(["scancel", *[j for pair in ids.values() for j in pair]], check=False)
