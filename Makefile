@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 RUN    ?= runs/quickstart
 
-.PHONY: setup quickstart test test-fast kernels-bench legacy slurm-start slurm-stop clean
+.PHONY: setup quickstart test test-fast kernels-bench legacy browser slurm-start slurm-stop clean
 
 setup: $(VENV)/.installed
 
@@ -24,13 +24,18 @@ quickstart: setup
 legacy: setup
 	bash scripts/legacy_rewards.sh
 
+browser:
+	bash scripts/install_browser.sh
+
 slurm-start: setup
 	$(BIN)/python -m hpc.local_slurm start
 
 slurm-stop:
 	$(BIN)/python -m hpc.local_slurm stop
 
-test: setup legacy slurm-start
+# The test suite needs: the legacy reward venvs (cross-checks), Chromium (report and study pages) and
+# the local Slurm cluster (array jobs, faults, requeue). Each step is idempotent.
+test: setup legacy browser slurm-start
 	$(BIN)/python -m pytest -q
 
 test-fast: setup

@@ -278,11 +278,20 @@ def stop_daemon(d: Daemon, timeout: float = 20) -> bool:
         return False
     os.kill(pid, signal.SIGTERM)
     deadline = time.time() + timeout
-    while time.time() < deadline and pid_of(d) == pid:
+    # wait for the process itself: some daemons (mariadbd) remove their pid file before they are done
+    while time.time() < deadline and _alive(pid):
         time.sleep(0.1)
-    if pid_of(d) == pid:
+    if _alive(pid):
         os.kill(pid, signal.SIGKILL)
     return True
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
 
 
 def start(verbose: bool = True) -> float:

@@ -38,7 +38,19 @@ def log_dir_rel(stage: str, variant: str | None) -> str:
     return f"logs/{stage}" + (f"/{variant}" if variant else "")
 
 
-def _sbatch_lines(res: Resources, job_name: str, output: str, chdir: Path | None, finalize: bool) -> list[str]:
+def multi_process(stage: str, res: Resources) -> bool:
+    """Whether a task runs as one process per GPU (srun): a stage that can (train) on more than one GPU or node."""
+    from .multitask import supported
+
+    return supported(stage) and (res.gpus_per_node > 1 or res.nodes > 1)
+
+
+def tasks_per_node(stage: str, res: Resources) -> int:
+    return max(res.gpus_per_node, 1) if multi_process(stage, res) else 1
+
+
+def _sbatch_lines(res: Resources, job_name: str, output: str, chdir: Path | None, finalize: bool,
+                  tasks_per_node: int = 1) -> list[str]:
     opts: list[tuple[str, object]] = [("job-name", job_name)]
     if chdir is not None:
         opts.append(("chdir", chdir))
@@ -48,7 +60,7 @@ def _sbatch_lines(res: Resources, job_name: str, output: str, chdir: Path | None
             opts.append((key, getattr(res, key)))
     opts.append(("time", res.time if not finalize else "00:30:00"))
     opts.append(("nodes", res.nodes if not finalize else 1))
-    opts.append(("ntasks-per-node", 1))
+    opts.append(("ntasks-per-node", tasks_per_node))
     opts.append(("cpus-per-task", res.cpus_per_task if not finalize else 1))
     if res.gpus_per_node and not finalize:
         opts.append(("gpus-per-node", res.gpus_per_node))
@@ -88,7 +100,9 @@ def task_script(stage: str, variant, res: Resources, run_dir: Path | None, pytho
     """
     template = run_dir is None
     name = f"fyp-{stage}" + (f"-{variant}" if variant and not template else "")
-    header = _sbatch_lines(res, name, f"{log_dir_rel(stage, None)}/%A_%a.sbatch.log", run_dir, finalize=False)
+    per_node = tasks_per_node(stage, res)
+    header = _sbatch_lines(res, name, f"{log_dir_rel(stage, None)}/%A_%a.sbatch.log", run_dir, finalize=False,
+                           tasks_per_node=per_node)
     lines = [
         "#!/bin/bash",
         f"# fyp-hpc: the {stage} stage's tasks, one per shard (rendered by hpc.render; jobs/ is regenerated",
@@ -110,9 +124,21 @@ def task_script(stage: str, variant, res: Resources, run_dir: Path | None, pytho
         'exec >>"$LOG" 2>&1',
         'echo "[hpc] $STAGE${VARIANT:+/$VARIANT} shard $SHARD: job ${SLURM_JOB_ID:-?} on $(hostname), attempt ${SLURM_RESTART_COUNT:-0}, pid $$, start $(date +%s.%N)"',
         *_setup(res),
-        'exec "$PYTHON" -m hpc.task "$STAGE" --run "$RUN" --shard "$SHARD" ${VARIANT:+--variant "$VARIANT"} "$@"',
+        *(_launch_srun(stage) if multi_process(stage, res) else
+          ['exec "$PYTHON" -m hpc.task "$STAGE" --run "$RUN" --shard "$SHARD" ${VARIANT:+--variant "$VARIANT"} "$@"']),
     ]
     return Script(f"{stage}.sbatch", "\n".join(lines) + "\n")
+
+
+def _launch_srun(stage: str) -> list[str]:
+    from .multitask import PROGRAMS
+
+    module, run_flag, _ = PROGRAMS[stage]
+    return [
+        f"# one process per GPU: hpc.task runs `srun --kill-on-bad-exit=1 \"$PYTHON\" -m {module} {run_flag} \"$RUN\" \"$@\"`",
+        "# (rendezvous from SLURM_PROCID/SLURM_NTASKS/SLURM_LOCALID), keeps the task record, passes USR2 on, requeues",
+        'exec "$PYTHON" -m hpc.task "$STAGE" --run "$RUN" --shard "$SHARD" --srun ${VARIANT:+--variant "$VARIANT"} "$@"',
+    ]
 
 
 def finalize_script(stage: str, variant, res: Resources, run_dir: Path | None, python=None) -> Script:

@@ -65,6 +65,32 @@ def install_handler(stage: str) -> None:
     signal.signal(signal.SIGUSR2, handler)
 
 
+def forward_to(proc) -> None:
+    """The pre-timeout signal for a task whose work runs in a child process (srun of several processes):
+    pass it on; the child checkpoints and ends, and the task then requeues (`requeue_task`)."""
+
+    def handler(signum, frame):
+        _SIGNALLED.set()
+        log.warning("signal %s: the time limit is near; passing it on to pid %d", signal.Signals(signum).name, proc.pid)
+        proc.send_signal(signum)
+
+    signal.signal(signal.SIGUSR2, handler)
+
+
+def requeue_task(run, stage: str, shard: int, variant: str | None) -> int:
+    """Record the task `requeued` and requeue its Slurm job; exit code 0, or 1 (recorded failed) when it
+    ran out of requeues or is not under Slurm."""
+    attempt = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
+    # the record first: Slurm ends this process soon after `scontrol requeue`
+    run.write_task_record(stage, shard, "requeued", variant, attempt=attempt,
+                          error=f"requeued after attempt {attempt} (time limit near)")
+    if requeue_slurm_job(int(os.environ.get("HPC_MAX_REQUEUES", "3"))):
+        return 0
+    run.write_task_record(stage, shard, "failed", variant, attempt=attempt,
+                          error=f"stopped at the time limit after {attempt} requeues (max_requeues)")
+    return 1
+
+
 def slurm_job_to_requeue() -> str | None:
     array_job, array_task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
     if array_job and array_task:

@@ -40,6 +40,7 @@ class StageStatus:
     finalize: str = ""  # done | queued | running | failed | cancelled | "" (not submitted)
     finalize_note: str = ""
     nan: int = 0
+    nonfinite: int | None = None  # non-finite values the stage reports (score: per reward); None = not reported
     counts: dict = field(default_factory=dict)
 
     @property
@@ -81,6 +82,21 @@ def _why_cancelled(state: slurm.JobState, parents: list[str], states: dict[str, 
     if "Dependency" in state.reason or _parent_failed(parents, states):
         return f"cancelled by Slurm: a job it depends on (afterok:{':'.join(parents) or '?'}) failed or was cancelled"
     return f"cancelled ({state.state}{', ' + state.reason if state.reason and state.reason != 'None' else ''})"
+
+
+def _nonfinite(run: Run, stage: str, variant: str | None, records: dict[int, dict]) -> int | None:
+    """Non-finite values of a stage (variant): the finalisation's count over the whole store (the score
+    stage writes `{done,total,nonfinite}` into `scores/<reward>` attrs) once there, else the sum of the
+    task records' `nonfinite=` (each counts what its attempt scored); None where nothing reports one."""
+    if stage == "score" and variant:
+        try:
+            attrs = run.store("r").root[f"scores/{variant}"].attrs
+            if "nonfinite" in attrs:
+                return int(attrs["nonfinite"])
+        except Exception:  # noqa: BLE001 - no store or group yet: the records are all there is
+            pass
+    counts = [int(r["nonfinite"]) for r in records.values() if isinstance(r.get("nonfinite"), (int, float))]
+    return sum(counts) if counts else None
 
 
 def stage_status(run: Run, stage: Stage, variant: str | None, opts: dict, entries: list[dict],
@@ -144,6 +160,7 @@ def stage_status(run: Run, stage: Stage, variant: str | None, opts: dict, entrie
     out = StageStatus(stage.name, variant, done_samples, total_samples, shards)
     out.nan = sum(int(v) for r in records.values() for k, v in r.items()
                   if "nan" in k.lower() and isinstance(v, (int, float)) and not isinstance(v, bool))
+    out.nonfinite = _nonfinite(run, stage.name, variant, records)
     if ledger.finalized_marker(run.dir, stage.name, variant).exists():
         out.finalize = "done"
     else:
@@ -195,6 +212,7 @@ def render(run_dir: Path | str, statuses: list[StageStatus]) -> str:
         t = st.tally()
         samples = "-" if st.done_samples is None else f"{st.done_samples}/{st.total_samples}"
         nan = f"  NaN {st.nan}" if st.nan else ""
+        nan += f"  nonfinite {st.nonfinite}" if st.nonfinite is not None else ""
         lines.append(f"{st.label:24s} {samples:>11s} {t['pending']:>8d} {t['queued']:>7d} {t['running']:>8d} "
                      f"{t['done']:>5d} {t['failed']:>7d} {t['cancelled']:>9d}  {st.finalize or '-'}{nan}")
         for s in st.shards:

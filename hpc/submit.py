@@ -5,6 +5,9 @@
                                   [--dry-run] [--wait] [--retry-failed]
     python -m hpc.submit pipeline --run DIR --preset NAME [--cluster NAME] [--dry-run] [--wait]
     python -m hpc.submit status   --run DIR
+    python -m hpc.submit study     --run DIR --b MODEL [...]     the pairwise human study (browser)
+    python -m hpc.submit agreement --run DIR                     judge/reward agreement with the study
+    python -m hpc.submit scaling   plan|launch|plot --run DIR [...]   the scaling experiments
 
 `--cluster local` (the default) runs the tasks here with submitit's LocalExecutor and returns when
 they ended; a Slurm cluster gets one array job per stage (variant) plus a finalisation job that
@@ -46,11 +49,16 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
+# commands that are whole programs of fyp.evaluation: the rest of argv goes to their `main(argv)`
+TOOLS = {"study": "fyp.evaluation.study", "agreement": "fyp.evaluation.agreement", "scaling": "fyp.evaluation.scaling"}
+COMMANDS = ("status", "pipeline", *PIPELINE, *TOOLS)
+
+
 def load_stage(name: str) -> Stage:
     try:
         return get_stage(name)
     except ValueError:
-        raise UsageError(f"unknown command {name!r}; valid: {', '.join(('status', 'pipeline') + PIPELINE)}") from None
+        raise UsageError(f"unknown command {name!r}; valid: {', '.join(COMMANDS)}") from None
     except (ImportError, AttributeError) as exc:
         raise UsageError(f"stage {name!r} is not available in this installation ({exc}); "
                          f"available stages: {', '.join(available_stages())}") from None
@@ -317,6 +325,14 @@ def pipeline_stages() -> list[str]:
     return names
 
 
+def chain_opts(stage: str, names: list[str], run: Run) -> dict:
+    """Options a stage needs in a chain because an upstream stage has not run when it is submitted: eval
+    names the model the chain's train stage will export (`--model all` only finds exports that exist)."""
+    if stage == "eval" and "train" in names and run.config.train.export:
+        return {"trained": run.config.train.pairs}
+    return {}
+
+
 def cmd_pipeline(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m hpc.submit pipeline")
     _common(parser, creating=True)
@@ -332,6 +348,7 @@ def cmd_pipeline(argv: list[str]) -> int:
     for name in names:
         stage = get_stage(name)
         opts = {o.dest: o.kwargs.get("default") for o in stage.options}
+        opts.update(chain_opts(name, names, run))
         result = sub.stage(stage, opts, None, False, depends)
         if result.failed:
             echo(f"pipeline stopped: {name} failed; see `python -m hpc.submit status --run {args.run}`")
@@ -350,6 +367,12 @@ def cmd_status(argv: list[str]) -> int:
     return 0
 
 
+def cmd_tool(name: str, argv: list[str]) -> int:
+    import importlib
+
+    return int(importlib.import_module(TOOLS[name]).main(argv) or 0)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
@@ -361,6 +384,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_status(rest)
         if command == "pipeline":
             return cmd_pipeline(rest)
+        if command in TOOLS:
+            return cmd_tool(command, rest)
         return cmd_stage(command, rest)
     except (UsageError, *USER_ERRORS) as exc:
         print(f"error: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}", file=sys.stderr)

@@ -2,6 +2,7 @@
 
     python -m hpc.task STAGE --run DIR --shard N [--variant V] [stage options]
     python -m hpc.task STAGE --run DIR --finalize [--variant V] [stage options]
+    python -m hpc.task train --run DIR --shard 0 --srun [stage options]   one process per GPU (hpc.multitask)
 
 It logs to stderr (the job script sends both streams to the task's per-attempt log), records the
 task's outcome through `fyp.stages.execute_shard`, and requeues itself on the pre-timeout signal.
@@ -11,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 import time
 import traceback
@@ -19,7 +19,7 @@ import traceback
 from fyp.run import Run
 from fyp.stages import execute_shard, get_stage
 
-from . import ledger, requeue
+from . import ledger, multitask, requeue
 from .options import add_stage_options, stage_opts
 
 log = logging.getLogger("hpc")
@@ -48,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--shard", type=int)
     which.add_argument("--finalize", action="store_true")
+    parser.add_argument("--srun", action="store_true",
+                        help="run the task as one process per Slurm task (srun; train on several GPUs)")
     add_stage_options(parser, stage)
     args = parser.parse_args(argv[1:])
     opts = stage_opts(stage, args)
@@ -57,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
         finalize(stage.name, args.run, args.variant, opts)
         log.info("%s%s finalised", stage.name, "/" + args.variant if args.variant else "")
         return 0
+    if args.srun:
+        return multitask.run_task(stage.name, args.run, args.shard, args.variant, opts)
     requeue.install_handler(stage.name)
     try:
         execute_shard(stage.name, args.run, args.shard, args.variant, opts)
@@ -67,16 +71,7 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
             raise
         log.warning("%s: %s", type(exc).__name__, exc)
-        run = Run.open(args.run)
-        attempt = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
-        # the record first: Slurm ends this process soon after `scontrol requeue`
-        run.write_task_record(stage.name, args.shard, "requeued", args.variant, attempt=attempt,
-                              error=f"requeued after attempt {attempt} (time limit near)")
-        if requeue.requeue_slurm_job(int(os.environ.get("HPC_MAX_REQUEUES", "3"))):
-            return 0
-        run.write_task_record(stage.name, args.shard, "failed", args.variant, attempt=attempt,
-                              error=f"stopped at the time limit after {attempt} requeues (max_requeues)")
-        return 1
+        return requeue.requeue_task(Run.open(args.run), stage.name, args.shard, args.variant)
     return 0
 
 

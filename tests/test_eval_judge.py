@@ -72,3 +72,23 @@ def test_tiny_local_judge_garbage_is_counted():
     out = MetricSet()
     judge_metrics({"tiny": True, "variants": ["40-30-30"], "bias": False}, _items(2), out)
     assert np.isnan(out.values["judge_total"]).all() and out.failures["judge_total"] == 2
+
+
+def test_eval_stage_runs_the_configured_judge(judge_url, tmp_path):
+    import csv
+
+    from fyp.data.stage import create_run
+    from fyp.stages import execute_shard, get_stage
+
+    judge = {"backend": "http", "base_url": judge_url, "model": "judge", "max_retries": 0,
+             "variants": ["40-30-30", "33-33-33"]}
+    run = create_run(tmp_path / "run", "toy", {"data": {"samples": 2}, "eval": {"samples": 2, "judge": judge}})
+    opts = {"model": "baseline", "eval_shards": 1}
+    counts = execute_shard("eval", run.dir, 0, "synthetic/baseline", opts)
+    get_stage("eval").finalize(run, "synthetic/baseline", opts)
+    assert counts["done"] == 2 and counts["metric_failures"] == 0
+    rows = {r["metric"]: r for r in csv.DictReader((run.dir / "eval" / "summary.csv").open())}
+    assert float(rows["judge_total"]["mean"]) == pytest.approx(87.0) and rows["judge_total"]["n"] == "2"
+    assert float(rows["judge_total_33-33-33"]["mean"]) == pytest.approx(100 * (33 + 24 + 27) / 99)
+    assert float(rows["judge_brightness"]["mean"]) == 7.0
+    assert "judge_brightness" in (run.dir / "eval" / "bias_table.md").read_text()

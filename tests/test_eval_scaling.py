@@ -14,14 +14,15 @@ def run(tmp_path):
 
 def test_candidate_sweep_plans_pairs_train_eval_per_scale(run, capsys):
     steps = candidate_steps(run, [2, 4])
-    assert steps[0] == ["pairs", "--run", str(run.dir), "--method", "single", "--candidates", "2", "--name", "single-k2"]
-    assert steps[1] == ["train", "--run", str(run.dir), "--pairs", "single-k2"]
-    assert steps[2] == ["eval", "--run", str(run.dir), "--model", "single-k2"]
+    assert steps[0] == ["pairs", "--run", str(run.dir), "--method", "single", "--reward", "brightness",
+                        "--candidates", "2", "--name", "brightness-k2"]
+    assert steps[1] == ["train", "--run", str(run.dir), "--pairs", "brightness-k2"]
+    assert steps[2] == ["eval", "--run", str(run.dir), "--model", "brightness-k2"]
     assert len(steps) == 6
     with pytest.raises(ValueError, match="within 2..K=4"):
         candidate_steps(run, [8])
     assert main(["plan", "--run", str(run.dir)]) == 0
-    assert "--candidates 4 --name single-k4" in capsys.readouterr().out
+    assert "--candidates 4 --name brightness-k4" in capsys.readouterr().out
 
 
 def test_sample_subsets_are_nested_and_keep_pairs(run):
@@ -35,7 +36,7 @@ def test_sample_subsets_are_nested_and_keep_pairs(run):
                                      ("margin", np.full(n, np.nan, np.float32), "float32", float("nan")),
                                      ("valid", valid, "bool", False)):
         store.create_array(f"pairs/single/{key}", shape=(n,), chunks=(n,), dtype=dtype, fill_value=fill)[:] = values
-    steps = sample_steps(run, [4, 8])
+    steps = sample_steps(run, [4, 8], pairs="single")
     assert steps == [["train", "--run", str(run.dir), "--pairs", "single-n4"],
                      ["eval", "--run", str(run.dir), "--model", "single-n4"],
                      ["train", "--run", str(run.dir), "--pairs", "single-n8"],
@@ -48,7 +49,7 @@ def test_sample_subsets_are_nested_and_keep_pairs(run):
     assert np.array_equal(w[large], winner[large]) and np.all(w[~large] == -1)
     assert store.root["pairs/single-n4"].attrs["subset_of"] == "single"
     with pytest.raises(ValueError, match="outside 1..11"):
-        sample_steps(run, [50])
+        sample_steps(run, [50], pairs="single")
 
 
 def test_plot_scaling_from_summary(run):

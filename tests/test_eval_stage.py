@@ -91,8 +91,24 @@ def test_eval_rerun_skips_done_shards(evaluated):
     assert counts["done"] == 0 and counts["skipped"] > 0
 
 
+def _training_and_pairs_outputs(run_dir):
+    """The trainer's metrics.csv (its own column list) and the pairs stage's heatmap (its own writer)."""
+    from fyp.dpo.train import CSV_FIELDS
+    from fyp.pairs.report import save_heatmap
+
+    folder = run_dir / "train" / "single"
+    with (folder / "metrics.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS)
+        writer.writeheader()
+        for step in range(3):
+            writer.writerow({k: (step if k == "step" else 1.0 / (step + 1)) for k in CSV_FIELDS})
+    save_heatmap(run_dir / "pairs" / "ensemble" / "agreement.png", ["clipscore", "hpsv2"],
+                 np.array([[1.0, 0.3], [0.3, 1.0]]), "reward agreement")
+
+
 def test_report_renders_in_headless_chromium(evaluated, tmp_path):
     run, _ = evaluated
+    _training_and_pairs_outputs(run.dir)
     path = build_report(run.dir)
     text = path.read_text()
     assert "src=\"data:image/png;base64," in text and "file://" not in text and "<table" in text
@@ -111,6 +127,8 @@ def test_report_renders_in_headless_chromium(evaluated, tmp_path):
     assert html.count("<table") >= 2 and html.count("<img") >= 6
     assert "image grid synthetic" in html and "masked input" in html
     assert ">single<" in html and ">baseline<" in html
+    assert 'alt="agreement ensemble"' in html and 'alt="training curve loss"' in html
+    assert 'alt="bias hole_luminance"' in html and 'alt="distribution brightness synthetic"' in html
 
 
 def test_missing_checkpoint_is_a_clear_error(evaluated):
@@ -154,3 +172,16 @@ def test_rorem_with_a_missing_file_counts_it_and_scores_the_rest(evaluated, tmp_
         assert np.isfinite(values[[0, 2]]).all() and np.isnan(values[1]), metric
     rows = list(csv.DictReader((run.dir / "eval" / "summary.csv").open()))
     assert any(r["benchmark"] == "rorem" and r["metric"] == "psnr_bg" and r["n"] == "2" for r in rows)
+
+
+def test_cli_reports_bad_model_and_missing_benchmark_folder_on_one_line(evaluated):
+    import sys
+
+    run, _ = evaluated
+    for extra, message in ((["--model", str(run.dir / "nope")], "does not exist"),
+                           (["--benchmark", "rorem", "--model", "baseline"], "needs its folder")):
+        proc = subprocess.run([sys.executable, "-m", "hpc.submit", "eval", "--run", str(run.dir), *extra],
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 2, proc.stderr
+        lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
+        assert len(lines) == 1 and message in lines[0]

@@ -26,12 +26,16 @@ def test_local_prepare_sample_kill_retry(tmp_path):
     assert out.returncode == 0, out.stdout + out.stderr
     assert out.stdout.count("done    prepare shard") == 3 and "prepare: finalised" in out.stdout
 
+    # The sample stage's test hook parks shard 1 right after its 2nd sample's images (before that
+    # sample's seeds and done flag): a half-written shard on every run, however fast the machine.
+    hold_env = dict(env, FYP_SAMPLE_HOLD="images:2:1")
     sample = subprocess.Popen([sys.executable, "-m", "hpc.submit", "sample", "--run", str(run), "--array", "0-2%3"],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=hold_env)
     group = lambda: zarr.open_group(run / "store.zarr", mode="r", use_consolidated=False)
     deadline = time.time() + 600
-    while not group()["candidates/done"][2] and time.time() < deadline:  # shard 1 is mid-run
+    while not (run / ".sample-hold").exists() and time.time() < deadline:
         time.sleep(0.5)
+    assert group()["candidates/done"][2] and not group()["candidates/done"][3]  # shard 1 is mid-run
     logs = list((run / "logs/sample/shard-00001").glob("*_log.out"))
     assert len(logs) == 1
     pid = int(re.search(r"local task, pid (\d+)", logs[0].read_text()).group(1))

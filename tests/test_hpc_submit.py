@@ -1,7 +1,4 @@
 """The command line, in process: clear one-line errors, dry runs that write nothing, status from records."""
-import json
-from pathlib import Path
-
 import pytest
 
 from fyp.run import Run
@@ -179,3 +176,86 @@ def test_local_pipeline_dry_run_lists_tasks_in_order(capsys, tmp_path):
     assert lines[:4] == ["would run prepare shard 0 locally", "would run prepare shard 1 locally",
                          "would run sample shard 0 locally", "would run sample shard 1 locally"]
     assert any(line.startswith("would run score/clipscore shard 1") for line in lines)
+
+
+@pytest.mark.parametrize("tool", ["agreement", "study", "scaling"])
+def test_evaluation_tools_are_subcommands(tool):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "hpc.submit", tool, "--help"], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage:") and "--run" in done.stdout
+
+
+def test_unknown_command_lists_every_valid_one(capsys):
+    code, _, err = run_cli(capsys, "agreemnt", "--run", "x")
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    listed = err.split("valid: ", 1)[1].strip().split(", ")
+    assert {"status", "pipeline", "sample", "eval", "study", "agreement", "scaling"} <= set(listed)
+
+
+def test_status_counts_nonfinite_scores_per_reward(capsys, tmp_path):
+    import numpy as np
+
+    from fyp.stages import get_stage
+
+    run_dir = tmp_path / "nf"
+    assert main(["prepare", "--run", str(run_dir), "--preset", "tiny", "--samples", "6", "--shards", "3",
+                 "--create-only"]) == 0
+    run = Run.open(run_dir)
+    for shard, count in enumerate((3, 5, 0)):  # what score tasks record (fyp.rewards.stage: nonfinite=)
+        run.write_task_record("score", shard, "done", "clipscore", done=2, nonfinite=count)
+    run.write_task_record("score", 0, "done", "aesthetic", done=2, nonfinite=0)
+
+    def rows():
+        code, out, _ = run_cli(capsys, "status", "--run", run_dir, "--stage", "score")
+        assert code == 0
+        return {line.split()[0]: line for line in out.splitlines() if line.startswith("score/")}
+
+    before = rows()
+    assert before["score/clipscore"].endswith("nonfinite 8")
+    assert before["score/aesthetic"].endswith("nonfinite 0")
+    assert "nonfinite" not in before["score/pickscore"]  # no task of it reported anything
+    # once finalised, the count over the whole store wins: the real finalize on real arrays
+    store = run.store()
+    k = store["scores/clipscore/value"].shape[1]
+    store["samples/valid"][:] = np.ones(6, bool)
+    values = np.ones((6, k), np.float32)
+    values[0, :] = np.nan
+    values[3, 1] = np.inf
+    values[5, :] = np.nan  # not done: not counted
+    store["scores/clipscore/value"][:] = values
+    store["scores/clipscore/done"][:] = np.array([1, 1, 1, 1, 1, 0], bool)
+    get_stage("score").finalize(run, "clipscore", {})
+    assert rows()["score/clipscore"].endswith(f"nonfinite {k + 1}")
+
+
+def test_pipeline_dry_run_evaluates_the_model_its_train_stage_will_export(capsys, tmp_path):
+    """Eval is submitted before train ran: the chain names the export-to-be (--trained <train.pairs>), so
+    its variant exists at submission, waits on train, and the report waits on both eval variants."""
+    run = tmp_path / "never"
+    code, out, _ = run_cli(capsys, "pipeline", "--run", run, "--preset", "tiny", "--samples", "4", "--shards", "2",
+                           "--cluster", "slurm-local", "--dry-run")
+    assert code == 0 and not run.exists()
+    commands = [line for line in out.splitlines() if line.startswith("$ sbatch")]
+    evals = [c for c in commands if "/logs/eval/" in c and c.split()[-3].endswith("eval.sbatch")]
+    scripts = sorted(c.split()[-3] for c in evals)
+    assert scripts == [f"{run}/logs/eval/synthetic/baseline/eval.sbatch",
+                       f"{run}/logs/eval/synthetic/ensemble/eval.sbatch"], commands
+    for cmd in evals:
+        assert "'--dependency=afterok:<train:finalize>'" in cmd and cmd.endswith("--trained ensemble")
+    assert "VARIANT=synthetic/ensemble" in out
+    report = next(c for c in commands if c.endswith("report/report.sbatch"))
+    assert "<eval/synthetic/baseline:finalize>" in report and "<eval/synthetic/ensemble:finalize>" in report
+
+
+def test_eval_variants_include_the_trained_export_before_it_exists(created):
+    from fyp.stages import get_stage
+
+    run, stage = Run.open(created), get_stage("eval")
+    opts = {o.dest: o.kwargs.get("default") for o in stage.options}
+    assert stage.variants(run, opts) == ["synthetic/baseline"]
+    assert stage.variants(run, dict(opts, trained="ensemble")) == ["synthetic/baseline", "synthetic/ensemble"]
+    assert stage.pending_shards(run, "synthetic/ensemble", dict(opts, trained="ensemble")) == [0, 1, 2][:stage.num_shards(run, opts)]

@@ -140,3 +140,30 @@ def test_bad_model_settings_are_clear_errors(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelError, match="cannot load FLUX.1 Fill from"):
         build_pipeline(ModelConfig(tiny=False, pretrained=str(tmp_path / "no-such-model")))
+
+
+def test_denoise_reproduces_the_diffusers_pipeline(pipe, sample, monkeypatch):
+    """`denoise` restates FluxFillPipeline.__call__'s loop: same noise, prompt and image -> same latents.
+
+    The pipeline samples the VAE posterior of the masked image; our condition uses its mean, so the
+    pipeline's sampling is pointed at the mean for this comparison.
+    """
+    from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+    monkeypatch.setattr(DiagonalGaussianDistribution, "sample", lambda self, generator=None: self.mode())
+    image, mask = sample
+    noise = initial_noise(pipe, [5, 6], RES, RES)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # both sides with the same reduction order (see fyp/sampling/generate.py)
+    try:
+        theirs = pipe(
+            prompt="a red circle", image=torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255,
+            mask_image=torch.from_numpy(mask)[None, None].float(), height=RES, width=RES, num_inference_steps=3,
+            guidance_scale=30.0, latents=noise, num_images_per_prompt=2, output_type="latent",
+            max_sequence_length=32,
+        ).images
+        ours = denoise(pipe, encode_prompt(pipe, "a red circle", 32), encode_condition(pipe, image, mask), noise,
+                       height=RES, width=RES, steps=3, guidance=30.0, batch_invariant=False)
+    finally:
+        torch.set_num_threads(threads)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=0)

@@ -127,3 +127,28 @@ def test_latents_are_saved_when_asked(tmp_path):
     assert latents.shape == (2, 4, *latent_shape(run.config.model, 64)) and latents.dtype == np.float16
     assert np.isfinite(latents).all() and latents.std() > 0.1
     assert not np.array_equal(latents[0, 0], latents[0, 1])
+
+
+def test_bad_input_from_a_real_reader_is_skipped_and_counted(tmp_path):
+    """BrushData records with a corrupt image and a missing caption: prepared invalid, never sampled."""
+    from fixtures_data import brushdata_record, image_array, write_tar
+
+    res = 32
+    good = [brushdata_record(f"good{i}", image_array(res, res, i), caption=f"a red circle {i}") for i in range(3)]
+    corrupt = brushdata_record("corrupt", image_array(res, res, 7), caption="a blue square")
+    corrupt["corrupt.png"] = b"\x89PNG\r\n\x1a\n this is not a png"
+    no_prompt = brushdata_record("noprompt", image_array(res, res, 8), caption="   ")
+    tar = write_tar(tmp_path / "data.tar", [good[0], corrupt, good[1], no_prompt, good[2]])
+    run_dir = tmp_path / "run"
+    create_run(run_dir, "tiny", overrides={"data": {"kind": "brushdata", "path": str(tar), "resolution": res}},
+               samples=0, shards=2)
+    for shard in range(2):
+        execute_shard("prepare", run_dir, shard)
+    run = Run.open(run_dir)
+    counts = [execute_shard("sample", run_dir, shard) for shard in range(2)]
+    assert [c["invalid"] for c in counts] == [1, 1] and [c["done"] for c in counts] == [2, 1]
+    got = arrays(run, "candidates/image", "candidates/done", "samples/valid")
+    assert list(got["samples/valid"]) == [True, False, True, False, True]
+    assert list(got["candidates/done"]) == list(got["samples/valid"])
+    assert not got["candidates/image"][[1, 3]].any() and got["candidates/image"][[0, 2, 4]].std() > 10
+    assert [r["invalid"] for r in run.task_records("sample")] == [1, 1]

@@ -31,9 +31,9 @@ def cluster():
     assert local_slurm.is_up()
 
 
-def cli(*args, ok=True, timeout=900):
+def cli(*args, ok=True, timeout=900, env=None):
     out = subprocess.run([sys.executable, "-m", "hpc.submit", *[str(a) for a in args]], capture_output=True,
-                         text=True, timeout=timeout)
+                         text=True, timeout=timeout, env=env)
     if ok:
         assert out.returncode == 0, f"hpc.submit {' '.join(map(str, args))} -> {out.returncode}\n{out.stdout}\n{out.stderr}"
     return out
@@ -107,25 +107,38 @@ def test_faults_then_retry_failed_equal_uninterrupted(reference, tmp_path):
     equals the uninterrupted run's."""
     ref_run, _ = reference
     run = prepared(tmp_path, "faults", 3)
-    cli("sample", "--run", run, "--cluster", "slurm-local")
+    # FYP_SAMPLE_HOLD (the sample stage's test hook): a task stops right after writing its 2nd sample's
+    # images, before its seeds and done flag: a genuinely half-written shard, every time. Only this
+    # first submission carries it (sbatch exports the submitting environment); the requeued attempt
+    # has one sample left, so it never reaches a 2nd and runs through.
+    cli("sample", "--run", run, "--cluster", "slurm-local", env=dict(os.environ, FYP_SAMPLE_HOLD="images:2"))
     job = next(e["job_id"] for e in ledger.read(run) if e["stage"] == "sample" and e["kind"] == "tasks")
-    done = lambda: zarr.open_group(run / "store.zarr", mode="r", use_consolidated=False)["candidates/done"][:]
+    group = lambda: zarr.open_group(run / "store.zarr", mode="r", use_consolidated=False)
 
-    # mid-run = the shard wrote its first sample, not yet its second
-    _wait_until(lambda: done()[[0, 2, 4]].all(), 600, "every shard's first sample")
-    assert not done()[[1, 3, 5]].all()
-    subprocess.run(["scancel", f"{job}_0"], check=True)
-    log1 = next(p for p in task_logs(run, "sample") if p.name.startswith("shard-00001"))
-    pid = int(re.search(r"pid (\d+)", log1.read_text()).group(1))
-    os.kill(pid, signal.SIGKILL)
-    subprocess.run(["scancel", "--signal=USR2", "--batch", f"{job}_2"], check=True)
+    log1 = lambda: next((p for p in task_logs(run, "sample") if p.name.startswith("shard-00001")), None)
+    actions = {
+        0: lambda: subprocess.run(["scancel", f"{job}_0"], check=True),
+        1: lambda: os.kill(int(re.search(r"pid (\d+)", log1().read_text()).group(1)), signal.SIGKILL),
+        2: lambda: subprocess.run(["scancel", "--signal=USR2", "--batch", f"{job}_2"], check=True),
+    }
+    deadline = time.time() + 600
+    while actions and time.time() < deadline:
+        store = group()
+        for shard in list(actions):
+            second = 2 * shard + 1
+            if store["candidates/image"][second].any():  # held: images written, done not yet
+                assert store["candidates/done"][2 * shard] and not store["candidates/done"][second]
+                actions.pop(shard)()
+        time.sleep(0.2)
+    assert not actions, "timed out waiting for the shards to reach their hold point"
 
     final = slurm.wait([job], poll_seconds=1, timeout=600)
     assert final[f"{job}_0"].state == "CANCELLED"
     assert final[f"{job}_1"].state == "FAILED"
     assert final[f"{job}_2"].state == "COMPLETED"
     shard2 = [p.name for p in task_logs(run, "sample") if p.name.startswith("shard-00002")]
-    assert shard2 == [f"shard-00002.job-{job}_2.attempt-0.log", f"shard-00002.job-{job}_2.attempt-1.log"]
+    assert shard2 == [f"shard-00002.job-{job}_2.attempt-0.log", f"shard-00002.job-{job}_2.attempt-1.log"], \
+        "\n".join(p.read_text()[-1500:] for p in task_logs(run, "sample") if p.name.startswith("shard-00002"))
     assert "requeued" in (run / "logs/sample" / shard2[0]).read_text().lower()
 
     report = cli("status", "--run", run, "--stage", "sample").stdout
@@ -209,7 +222,7 @@ def test_training_requeued_mid_run_resumes_from_checkpoint(pipeline_run):
     resumed = re.search(r"resumed \S+ at step (\d+)", second)
     assert resumed and int(resumed.group(1)) >= 4, second[-2000:]
     steps = [int(line.split(",")[0]) for line in metrics.read_text().splitlines()[1:]]
-    assert steps == list(range(1, 13))
+    assert len(steps) == 12 and steps == list(range(steps[0], steps[0] + 12))  # each step once, none lost
 
 
 def test_local_cluster_start_is_idempotent(cluster):
@@ -260,3 +273,38 @@ def test_chain_sh_submits_afterok_chain(cluster, tmp_path):
         assert (run / "config.yaml").exists() and (run / "logs/sample").is_dir()
     finally:
         subprocess.run(["scancel", *[j for pair in ids.values() for j in pair]], check=False)
+
+
+def test_training_on_two_gpus_srun_requeue_resume(cluster, tmp_path):
+    """train with 2 (fake) GPUs: one task per GPU under srun (gloo on CPU), rendezvous from the Slurm
+    environment; USR2 to the batch step reaches both processes, they checkpoint, the job requeues and
+    both resume from that checkpoint and finish, every step once."""
+    run = tmp_path / "two"
+    config = tmp_path / "slurm-2gpu.yaml"
+    local = (Path(__file__).resolve().parent.parent / "cluster_configs" / "slurm-local.yaml").read_text()
+    config.write_text(local.replace("train: {gpus_per_node: 1}", "train: {gpus_per_node: 2}"))
+    assert "gpus_per_node: 2" in config.read_text()
+    cli("prepare", "--run", run, "--preset", "toy", "--samples", "4", "--shards", "2", "--set", "pairs.method=ensemble",
+        "--set", "train.pairs=ensemble", "--set", "train.checkpoint_every=0")
+    for stage in ("sample", "score", "pairs"):
+        cli(stage, "--run", run)  # on this machine: only train goes to the cluster
+    metrics = run / "train" / "ensemble" / "metrics.csv"
+    cli("train", "--run", run, "--steps", "60", "--cluster", config)
+    assert "#SBATCH --ntasks-per-node=2" in (run / "logs/train/train.sbatch").read_text()
+    job = [e for e in ledger.read(run) if e["stage"] == "train" and e["kind"] == "tasks"][-1]["job_id"]
+    _wait_until(lambda: metrics.exists() and len(metrics.read_text().splitlines()) - 1 >= 5, 600, "step 5")
+    subprocess.run(["scancel", "--signal=USR2", "--batch", f"{job}_0"], check=True)
+    final = slurm.wait([job], poll_seconds=1, timeout=900)
+    assert final[f"{job}_0"].state == "COMPLETED"
+    logs = sorted((run / "logs/train").glob(f"shard-00000.job-{job}_0.attempt-*.log"))
+    assert [p.name.rsplit(".", 2)[1] for p in logs] == ["attempt-0", "attempt-1"]
+    first, second = logs[0].read_text(), logs[1].read_text()
+    assert "train: 2 processes: srun --kill-on-bad-exit=1" in first and "passing it on" in first
+    assert "tasks 0-1: Exited with exit code 75" in first and "requeued Slurm job" in first, first[-3000:]
+    resumed = re.findall(r"resumed \S+ at step (\d+)", second)
+    assert len(resumed) == 2 and len(set(resumed)) == 1 and int(resumed[0]) >= 5, second[-3000:]  # both ranks
+    assert second.count("trained ensemble for 60 steps") == 2
+    steps = [int(line.split(",")[0]) for line in metrics.read_text().splitlines()[1:]]
+    assert steps == list(range(60))  # each step once (rank 0 writes), none lost
+    out = cli("status", "--run", run, "--stage", "train").stdout
+    assert re.search(r"^train\s+60/60\s+0\s+0\s+0\s+1\s+0\s+0\s+done", out, re.M), out

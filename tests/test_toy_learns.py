@@ -25,6 +25,7 @@ def test_toy_dpo_makes_heldout_holes_brighter(tmp_path):
     run = make_toy_run(tmp_path / "toy")
     pairs = run.config.train.pairs
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
+    env["OMP_NUM_THREADS"] = "1"  # a 0.1M-parameter model: threads only add contention on a shared box
     proc = subprocess.run([sys.executable, "-m", "fyp.dpo.train", "--run", str(run.dir)], env=env,
                           capture_output=True, text=True, timeout=800)
     assert proc.returncode == 0, proc.stderr[-4000:]

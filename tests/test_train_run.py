@@ -140,12 +140,12 @@ def test_export_loads_in_flux_fill_pipeline_and_generates(single):
 
 
 def test_train_stage_in_process_lora(base_run):
-    """The stage hpc/ calls: one task, single process, here with LoRA (exported fused), ZeRO-2 and
-    gradient checkpointing."""
+    """The stage hpc/ calls: one task, single process, here with LoRA (exported fused), ZeRO-2,
+    gradient checkpointing and the IPO loss."""
     run_dir = _copy(base_run, "stage")
     code = ("import sys; from fyp.stages import execute_shard; "
             f"print(execute_shard('train', {str(run_dir)!r}, 0, None, dict(pairs={PAIRS!r}, steps=2, "
-            "set=['train.trainable=lora', 'train.lora_rank=4', 'train.lr=0.01', 'train.zero_stage=2', 'train.gradient_checkpointing=true'])))")
+            "set=['train.trainable=lora', 'train.lora_rank=4', 'train.lr=0.01', 'train.zero_stage=2', 'train.gradient_checkpointing=true', 'train.loss=ipo'])))")
     proc = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     from fyp.run import Run

@@ -148,3 +148,11 @@ def test_sigusr2_requests_a_stop():
     finally:
         train_mod._STOP.clear()
         signal.signal(signal.SIGUSR2, previous)
+
+
+def test_cli_bad_run_is_one_line(tmp_path, capsys):
+    from fyp.dpo.train import main
+
+    assert main(["--run", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("fyp.dpo.train: ") and "not a prepared run" in err and "\n" not in err

@@ -35,7 +35,9 @@ from kernels.rank_ensemble_reference import MODES  # noqa: E402
 
 
 def check(device: torch.device, n: int) -> list[str]:
-    """Triton vs reference on tie-heavy inputs with NaNs, infs, unusable samples and zero weights."""
+    """Triton (both variants) vs reference on tie-heavy inputs with NaNs, infs, unusable samples, zero weights."""
+    from kernels.rank_ensemble_triton import rank_ensemble_triton
+
     lines = []
     g = torch.Generator().manual_seed(1)
     for m, k in ((9, 16), (5, 7), (3, 4)):
@@ -49,14 +51,17 @@ def check(device: torch.device, n: int) -> list[str]:
         w[0] = 0.0
         for mode in MODES:
             for weights in (None, w):
-                a = ensemble(s, mode, weights, backend="triton", seed=3, sample_offset=17)
                 b = ensemble(s, mode, weights, backend="reference", seed=3, sample_offset=17)
-                same = all(torch.equal(x, y) for x, y in zip(a[1:], b[1:]))
-                err = (a.values - b.values).abs().nan_to_num(0.0).max().item()
-                nan_ok = torch.equal(a.values.isnan(), b.values.isnan())
-                ok = same and err <= 1e-6 and nan_ok
-                lines.append(f"{'PASS' if ok else 'FAIL'} M={m} K={k} mode={mode} weights={'yes' if weights is not None else 'no'} "
-                             f"indices_equal={same} max_abs_err={err:.2e}")
+                for variant in ("loop", "tile"):
+                    a = rank_ensemble_triton(s, torch.ones(m, device=device) if weights is None else weights,
+                                             MODE_IDS[mode], seed_term(3), 17, CAPO_TIE_TOL, loop=variant == "loop")
+                    same = all(torch.equal(x, y) for x, y in zip(a[1:], b[1:]))
+                    err = (a[0] - b.values).abs().nan_to_num(0.0).max().item()
+                    nan_ok = torch.equal(a[0].isnan(), b.values.isnan())
+                    ok = same and err <= 1e-6 and nan_ok
+                    lines.append(f"{'PASS' if ok else 'FAIL'} {variant} M={m} K={k} mode={mode} "
+                                 f"weights={'yes' if weights is not None else 'no'} indices_equal={same} "
+                                 f"max_abs_err={err:.2e}")
     return lines
 
 

@@ -26,10 +26,10 @@ step() {  # name, hard cap (s), command...
   echo "=== $name exit $? after $((SECONDS - t0))s"
   tail -n 40 "$RES/$name.log"
 }
-step rank    70  python3 benchmarks/gpu/rank_ensemble.py --out "$RES/rank" --max-seconds 50
+step rank    90  python3 benchmarks/gpu/rank_ensemble.py --out "$RES/rank" --max-seconds 75 --ns 1000000
 step fused   70  python3 benchmarks/gpu/fused_loss.py --out "$RES/fused" --max-seconds 50
 step sample 120  python3 benchmarks/gpu/sample_flux.py --out "$RES/sample" --max-seconds 90
-step rewards 130 python3 benchmarks/gpu/rewards_full.py --out "$RES/rewards" --max-seconds 100
-step vlm    130  python3 benchmarks/gpu/rewards_vlm.py --out "$RES/vlm" --max-seconds 100
-step train  100  python3 benchmarks/gpu/train_refcache.py --out "$RES/train" --max-seconds 30
+step rewards 120 python3 benchmarks/gpu/rewards_full.py --out "$RES/rewards" --max-seconds 95
+step vlm    140  python3 benchmarks/gpu/rewards_vlm.py --out "$RES/vlm" --max-seconds 115
+step train   80  python3 benchmarks/gpu/train_refcache.py --out "$RES/train" --max-seconds 20
 tar -czf "$OUT/gpu-results.tar.gz" -C "$RES" .

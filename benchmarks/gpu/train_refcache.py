@@ -50,6 +50,8 @@ def run_mode(args) -> dict:
 
     cuda = torch.cuda.is_available() and not args.cpu
     device = torch.device("cuda" if cuda else "cpu")
+    if cuda:  # as in fyp.dpo.train: cuDNN's SDPA backward failed on the H200 (torch 2.11/cu130) at these shapes
+        torch.backends.cuda.enable_cudnn_sdp(False)
     dtype = torch.bfloat16 if cuda else torch.float32
     torch.manual_seed(0)
     cfg = transformer_config(args)

@@ -57,7 +57,7 @@ def read_pairs(store: RunStore, name: str) -> tuple[np.ndarray, np.ndarray, np.n
     if f"{group}/valid" not in store:
         have = sorted(store.root["pairs"].group_keys()) if "pairs" in store else []
         raise PairsError(f"the store has no pairs named {name!r} (has: {', '.join(have) or 'none'}); "
-                         f"run `python -m hpc.submit pairs --run <run> --method {name}` first")
+                         f"make them first (`python -m hpc.submit pairs --run <run> --method ... --name {name}`)")
     valid = store[f"{group}/valid"][:].astype(bool)
     if "samples/valid" in store:
         valid &= store["samples/valid"][:].astype(bool)

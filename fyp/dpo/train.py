@@ -28,7 +28,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import signal
 import sys
 import threading
@@ -41,8 +40,9 @@ import torch
 
 from ..config import ConfigError, RunConfig, TrainConfig, from_dict, parse_override
 from ..run import Run, atomic_write_text
+from ..store import StoreError
 from . import launch
-from .data import PairData, build_cache, cache_group, read_pairs
+from .data import PairData, PairsError, build_cache, cache_group, read_pairs
 from .flow import TIMESTEP_SAMPLING, draw_pairs, image_ids, noisy_and_target, predict
 from .losses import KINDS, MARGIN_KINDS, NORMALIZE, preference_terms
 from .metrics import METRIC_NAMES, preference_metrics
@@ -186,6 +186,9 @@ class Dist:
         self.device = torch.device(f"cuda:{self.local_rank}") if torch.cuda.is_available() else torch.device("cpu")
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
+            # cuDNN's fused attention backward failed (mha_graph.execute) on an H200 with torch 2.11/cu130
+            # at FLUX width and 1536 tokens; flash / memory-efficient SDPA run the same step fine.
+            torch.backends.cuda.enable_cudnn_sdp(False)
 
     def barrier(self) -> None:
         if self.world > 1:
@@ -317,7 +320,7 @@ def train(run_dir: Path | str, pairs: str | None = None, *, steps: int | None = 
 
     from ..models import build_pipeline, resolve_dtype
     from .export import export_transformer, gather_state_dict
-    from .ref_cache import RefLossCache, cache_key, load_or_build
+    from .ref_cache import cache_key, load_or_build
 
     begin = time.time()
     run = Run.open(run_dir)
@@ -494,6 +497,9 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingPreempted as exc:
         log.warning("%s", exc)
         return REQUEUE_EXIT_CODE
+    except (ConfigError, PairsError, StoreError, FileNotFoundError) as exc:
+        print(f"fyp.dpo.train: {exc}", file=sys.stderr)  # bad input: one line, no traceback
+        return 2
     log.info("trained %s for %d steps in %.1fs: %s", result.pairs, result.steps, result.seconds,
              ", ".join(f"{k}={v:.4g}" for k, v in result.last.items()))
     return 0

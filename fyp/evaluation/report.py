@@ -7,7 +7,7 @@ deltas against the baseline) and the bias table; a bar plot per metric with boot
 bias study's plots; image grids (masked input | baseline | each aligned model) for the first N valid items
 of each benchmark; per-item reward distributions per model; the reward-agreement heatmaps of the pairs
 stage (`<run>/pairs/*/agreement.png`); training curves (`<run>/train/*/metrics.csv`); the human study's
-agreement table (`<run>/study/agreement.csv`); scaling plots (`<run>/eval/scaling/*.png`).
+agreement table (`<run>/study/agreement.csv`); scaling plots (`<run>/eval/scaling/*.png`, redrawn from the summary).
 The report first rebuilds `<run>/eval/summary.csv` and the tables from every evaluated model.
 """
 from __future__ import annotations
@@ -27,6 +27,7 @@ from ..stages import Option, Stage
 from . import plots
 from .bias import bias_plots, save_bias_plots
 from .results import rebuild_run_outputs
+from .scaling import plot_scaling
 from .tables import BIAS_METRICS, build_table, model_order
 
 log = logging.getLogger("fyp.evaluation")
@@ -154,6 +155,7 @@ def build_report(run_dir: Path | str, grid_items: int = 6) -> Path:
     run = Run.open(run_dir)
     rows = rebuild_run_outputs(run.dir)
     save_bias_plots(run.dir, rows)
+    plot_scaling(run.dir)
     groups = _eval_groups(run)
     parts = [f"<h1>Follow-Your-Preference run report</h1><p class='note'>run {html.escape(str(run.dir))} - preset "
              f"{html.escape(run.config.preset)} - written {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}</p>"]

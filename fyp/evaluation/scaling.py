@@ -6,7 +6,8 @@
     python -m fyp.evaluation.scaling plot   --run DIR
 
 Candidate scaling (SPEC section 3): for each k', `pairs --candidates k' --name <method>-k<k'>` (pairs re-ranked
-on the first k' candidates), `train --pairs <method>-k<k'>`, `eval --model <method>-k<k'>`.
+on the first k' candidates; for `--method single` the name is `<reward>-k<k'>`), `train --pairs <name>`,
+`eval --model <name>`.
 Sample scaling: for each N, the pairs set `<pairs>-n<N>` keeps the first N valid pairs of `<pairs>` in a seeded
 random order (nested subsets: the N = 8 pairs are among the N = 16 ones); the planner writes these subset
 groups itself, in the submitting process (a single writer), then `train --pairs <pairs>-n<N>` and eval.
@@ -41,10 +42,17 @@ def candidate_steps(run: Run, scales: list[int], method: str | None = None) -> l
     bad = [s for s in scales if not 2 <= s <= k]
     if bad:
         raise ValueError(f"candidate scales must be within 2..K={k}; got {bad}")
+    extra, base = [], method
+    if method == "single":  # named after its reward, as the pairs stage names single-reward pairs
+        rewards = list(run.config.pairs.rewards or run.config.reward_names)
+        if len(rewards) != 1 and not run.config.pairs.rewards:
+            raise ValueError("candidate scaling with --method single needs pairs.rewards to name the reward")
+        extra, base = ["--reward", rewards[0]], rewards[0]
     steps = []
     for scale in scales:
-        name = f"{method}-k{scale}"
-        steps += [["pairs", "--run", str(run.dir), "--method", method, "--candidates", str(scale), "--name", name],
+        name = f"{base}-k{scale}"
+        steps += [["pairs", "--run", str(run.dir), "--method", method, *extra, "--candidates", str(scale),
+                   "--name", name],
                   ["train", "--run", str(run.dir), "--pairs", name],
                   ["eval", "--run", str(run.dir), "--model", name]]
     return steps

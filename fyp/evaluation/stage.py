@@ -38,8 +38,9 @@ from . import parts
 from .blend import blend
 from .results import rebuild_run_outputs
 from .summary import rows_to_csv, summarize
-from .targets import (BENCHMARKS, REMOVAL_BENCHMARKS, EvalError, Target, build_benchmark_reader, data_config,
-                      eval_dir, is_transformer_dir, item_count, targets)
+from .targets import (BENCHMARKS, REMOVAL_BENCHMARKS, EvalError, ModelTarget, Target, benchmark_of,
+                      build_benchmark_reader, data_config, eval_dir, export_path, is_transformer_dir, item_count,
+                      safe_name, targets)
 
 log = logging.getLogger("fyp.evaluation")
 _PIPELINE_CACHE: dict = {}  # one pipeline per process: a local run executes many shards in one process
@@ -55,8 +56,21 @@ class Context:
     folder: object
 
 
-def _context(run: Run, variant: str | None, opts: dict) -> Context:
+def eval_targets(run: Run, opts: dict) -> list[Target]:
+    """`--model`'s targets plus the exports `--trained` names: a chained pipeline submits eval before its
+    train stage ran, so the trained model is a variant before its checkpoint exists (a task that finds no
+    checkpoint fails with the missing-checkpoint message)."""
     found = targets(run, opts)
+    names = {t.model.name for t in found}
+    for pairs in [p.strip() for p in (opts.get("trained") or "").split(",") if p.strip()]:
+        if safe_name(pairs) not in names:
+            names.add(safe_name(pairs))
+            found.append(Target(benchmark_of(run, opts), ModelTarget(safe_name(pairs), export_path(run.dir, pairs))))
+    return found
+
+
+def _context(run: Run, variant: str | None, opts: dict) -> Context:
+    found = eval_targets(run, opts)
     if variant is None:
         if len(found) != 1:
             raise EvalError(f"eval runs per model; pass one --model (found {', '.join(t.variant for t in found)})")
@@ -115,6 +129,15 @@ def _pipeline(run: Run, target: Target):
     return pipe
 
 
+def release_pipeline_on_gpu() -> None:
+    """Free the generation pipeline's GPU memory before scoring (on a CPU the cache is kept across shards)."""
+    import torch
+
+    if torch.cuda.is_available() and _PIPELINE_CACHE:
+        _PIPELINE_CACHE.clear()
+        torch.cuda.empty_cache()
+
+
 def item_seed(run: Run, item_id: str) -> int:
     from ..sampling.seeds import candidate_seed
 
@@ -132,14 +155,16 @@ class EvalStage(Stage):
         Option("--name", dict(default=None, help="the name of a single --model folder in tables (default: derived)")),
         Option("--data", dict(default=None, help="benchmark folder (default: eval.options.paths.<benchmark>)")),
         Option("--items", dict(type=int, default=None, help="evaluate the first N items (default: eval.samples)")),
+        Option("--trained", dict(default=None, help="also the exports of these pairs names (comma-separated) that a "
+                                                   "train stage will write: evaluated once trained (pipeline)")),
         Option("--eval-shards", dict(type=int, default=None, help="tasks per model (default: the run's shards)")),
     )
 
     def variants(self, run: Run, opts: dict) -> list[str]:
-        return [t.variant for t in targets(run, opts)]
+        return [t.variant for t in eval_targets(run, opts)]
 
     def num_shards(self, run: Run, opts: dict) -> int:
-        found = targets(run, opts)
+        found = eval_targets(run, opts)
         return _context(run, found[0].variant, opts).shards
 
     def pending_shards(self, run: Run, variant: str | None, opts: dict) -> list[int]:
@@ -167,6 +192,7 @@ class EvalStage(Stage):
             log.warning("eval %s shard %d: %d items failed to generate (%s); metrics wait for a re-run",
                         ctx.target.variant, shard, len(missing), ", ".join(map(str, missing[:5])))
             return counts
+        release_pipeline_on_gpu()  # reward models and the judge load next, one at a time
         counts["metric_failures"] = self._score(run, ctx, shard, list(range(start, stop)))
         return counts
 

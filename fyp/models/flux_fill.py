@@ -202,11 +202,15 @@ def build_pipeline(model: ModelConfig, *, device=None, max_sequence_length: int 
                 f"cannot load FLUX.1 Fill from {model.pretrained!r} ({first}); give model.pretrained a local "
                 "folder, or pre-download it into HF_HOME and set HF_HUB_OFFLINE=1 on nodes without internet"
             ) from exc
-    pipe.to(target)
-    if pipe.transformer.dtype != dtype:
-        pipe.to(dtype=dtype)
     for name in ("transformer", "vae", "text_encoder", "text_encoder_2"):
-        getattr(pipe, name).eval()
+        module = getattr(pipe, name)
+        # Module by module, and the dtype only when it changes: diffusers' pipeline-level `.to` warns
+        # about fp32-kept modules on every call, even when there are none.
+        if module.dtype == dtype:
+            module.to(device=target)
+        else:
+            module.to(device=target, dtype=dtype)
+        module.eval()
     pipe.set_progress_bar_config(disable=True)  # callers show their own progress
     return pipe
 
@@ -264,7 +268,9 @@ def _batched(array: np.ndarray, ndim: int) -> np.ndarray:
 
 def _image_tensor(pipe, image_uint8) -> torch.Tensor:
     """uint8 [B,H,W,3] -> float [B,3,H,W] in [-1,1], through the pipeline's own preprocessing."""
-    image = torch.from_numpy(_batched(image_uint8, 4)).permute(0, 3, 1, 2).float() / 255.0
+    # Contiguous NCHW: a channels-last view (what permuting an HWC array gives) sends the VAE's
+    # convolutions down another kernel, off by ~1e-6 from the pipeline's own encoding.
+    image = torch.from_numpy(_batched(image_uint8, 4)).permute(0, 3, 1, 2).contiguous().float() / 255.0
     return pipe.image_processor.preprocess(image, height=image.shape[2], width=image.shape[3])
 
 

@@ -9,14 +9,14 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass
 
-from ..config import PairsConfig
+from ..config import ConfigError, PairsConfig
 from ..ensemble import METHODS, TIES, method_plan
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
-class PairsOptionError(ValueError):
-    """A pairs option that cannot work with this run."""
+class PairsOptionError(ConfigError):
+    """A pairs option that cannot work with this run (a ConfigError: the CLI prints it as one line)."""
 
 
 @dataclass(frozen=True)
@@ -85,6 +85,10 @@ def resolve(cfg: PairsConfig, opts: dict, run_rewards: list[str], k_all: int, ba
     weights = cli_weights or (parse_weights(cfg.weights) if method in ("linear", "softmax", "capo", "caen") else {})
     subset = parse_list(pick("rewards", None)) or list(cfg.rewards)
     reward = opts.get("reward")
+    if method == "single" and not reward:
+        # A single-reward run needs no flag: the one reward named in the config, or the run's only reward.
+        candidates = subset if len(subset) == 1 else run_rewards if len(run_rewards) == 1 else []
+        reward = candidates[0] if candidates else None
     try:
         used, w, mode = method_plan(method, run_rewards, ties=ties, weights=weights or None,
                                     temperature=float(pick("temperature", cfg.temperature)),

@@ -34,7 +34,7 @@ STATUS_INVALID_SAMPLE = 3
 REASONS = {1: "no usable reward model", 2: "all candidates tied", STATUS_INVALID_SAMPLE: "invalid sample"}
 
 
-class PairsInputError(RuntimeError):
+class PairsInputError(StoreError):
     """The store lacks what the pairs stage needs (missing or incomplete scores or candidates)."""
 
 

@@ -54,7 +54,8 @@ class Perception(OpenClipReward):
 
 def build(tiny: bool = False, pretrained: str | None = ARCH, device: str = "auto", dtype: str = "float32",
           seed: int = 0, batch_size: int = 32, full_size_random: bool = False) -> Perception:
-    """`pretrained`: 'PE-Core-bigG-14-448' (open_clip's 'meta' weights, from the hub cache) or a checkpoint file."""
+    """`pretrained`: an open_clip PE-Core name, default 'PE-Core-bigG-14-448' (its 'meta' weights, from the hub
+    cache), or a checkpoint file for PE-Core-bigG-14-448."""
     import open_clip
 
     dev, dt = resolve_device(device), resolve_dtype(dtype)
@@ -62,8 +63,8 @@ def build(tiny: bool = False, pretrained: str | None = ARCH, device: str = "auto
         _register_tiny_timm()
         register_config(TINY_ARCH, TINY_CONFIG)
         arch = TINY_ARCH
-    else:
-        arch = ARCH
+    else:  # another PE-Core size may be named in `pretrained` (e.g. PE-Core-L-14-336)
+        arch = pretrained if pretrained in open_clip.list_models() else ARCH
     if tiny or full_size_random:
         model = random_open_clip(arch, seed, init_device(tiny, dev))
     elif pretrained and Path(pretrained).is_file():

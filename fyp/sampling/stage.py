@@ -28,9 +28,9 @@ from .seeds import candidate_seeds
 
 log = logging.getLogger("fyp.sampling")
 
-# Test hook: FYP_SAMPLE_HOLD="<point>:<count>" makes a task stop at the <count>-th time it reaches
-# <point> (images | seed | done: just after that write), create "<run>/.sample-hold" and wait there to
-# be killed. The kill-and-resume test uses it to SIGKILL a task between two specific writes.
+# Test hook: FYP_SAMPLE_HOLD="<point>:<count>[:<shard>]" makes a task (of that shard only, if given) stop
+# at the <count>-th time it reaches <point> (images | seed | done: just after that write), create
+# "<run>/.sample-hold" and wait there to be killed. The kill-and-resume test uses it to SIGKILL a task between two specific writes.
 HOLD_ENV = "FYP_SAMPLE_HOLD"
 HOLD_FILE = ".sample-hold"
 
@@ -47,8 +47,11 @@ def _pipeline(run: Run):
 
 
 class _Hold:
-    def __init__(self, run_dir: Path):
-        point, _, count = os.environ.get(HOLD_ENV, "").partition(":")
+    def __init__(self, run_dir: Path, shard: int):
+        point, _, rest = os.environ.get(HOLD_ENV, "").partition(":")
+        count, _, only = rest.partition(":")
+        if only and int(only) != shard:
+            point = ""
         self.point, self.left, self.file = point, int(count or 0), Path(run_dir) / HOLD_FILE
 
     def reached(self, point: str) -> None:
@@ -104,7 +107,7 @@ class SampleStage(Stage):
         pipe = _pipeline(run)
         ids = store["samples/id"][span]
         prompts = store["samples/prompt"][span]
-        hold = _Hold(run.dir)
+        hold = _Hold(run.dir, shard)
         save_latents = cfg.sampling.save_latents and "candidates/latent" in store
         start = time.time()
         bar = tqdm(total=len(todo) * k, desc=f"sample shard {shard}", unit="cand", file=sys.stderr,

@@ -38,7 +38,7 @@ def reps_for(backend: str, n: int) -> int:
 @pytest.fixture(scope="module", autouse=True)
 def report(request):
     yield
-    out = Path(os.environ.get("RANK_ENSEMBLE_BENCH_OUT", Path(__file__).parents[2] / ".benchmarks" / "rank_ensemble"))
+    out = Path(os.environ.get("RANK_ENSEMBLE_BENCH_OUT") or Path(__file__).parents[2] / ".benchmarks" / "rank_ensemble")
     capture = request.config.pluginmanager.getplugin("capturemanager")
     for device, rows in ROWS.items():
         if not rows:
