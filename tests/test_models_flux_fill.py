@@ -23,6 +23,7 @@ from fyp.models import (
     unpack_latents,
 )
 from fyp.models.batch_invariant import batch_invariant, batch_invariant_linear
+from fyp.devices import DeviceError
 from fyp.models.flux_fill import ModelError
 
 RES = 64
@@ -130,7 +131,7 @@ def test_bad_model_settings_are_clear_errors(monkeypatch, tmp_path):
         resolve_dtype("float8")
     assert resolve_dtype("bfloat16") is torch.bfloat16
     if not torch.cuda.is_available():
-        with pytest.raises(ModelError, match="no CUDA device"):
+        with pytest.raises(DeviceError, match="no CUDA device"):
             resolve_device("cuda")
         assert resolve_device("auto").type == "cpu"
     with pytest.raises(ConfigError, match="valid kinds: flux-fill"):

@@ -189,9 +189,10 @@ def test_pipeline_runs_through_available_stages(pipeline_run):
     assert "submitted jobs:" in stdout
     report = cli("status", "--run", run).stdout
     rows = {line.split()[0]: line.split() for line in report.splitlines()[2:] if line and not line.startswith(" ")}
-    # every (stage, variant) the chain submitted ran and was finalised. (Variants that only exist after an
-    # upstream stage ran, such as eval of the freshly trained model, are not known at submission time.)
+    # every (stage, variant) the chain submitted ran and was finalised, the eval of the model its train
+    # stage exported included (submitted before the export existed: --trained <train.pairs>)
     submitted = {e["stage"] + ("/" + e["variant"] if e["variant"] else "") for e in ledger.read(run)}
+    assert {"eval/synthetic/baseline", "eval/synthetic/ensemble"} <= submitted, submitted
     for stage in pipeline_stages():
         labelled = [row for label, row in rows.items()
                     if (label == stage or label.startswith(stage + "/")) and label in submitted]
@@ -201,6 +202,7 @@ def test_pipeline_runs_through_available_stages(pipeline_run):
             assert row[2:5] == ["0", "0", "0"] and row[6:8] == ["0", "0"] and row[8] == "done", report
     group = zarr.open_group(run / "store.zarr", mode="r", use_consolidated=False)
     assert group["candidates/done"][:].all()
+    assert (run / "eval/synthetic/ensemble/summary.csv").exists()
 
 
 def test_training_requeued_mid_run_resumes_from_checkpoint(pipeline_run):
@@ -285,11 +287,11 @@ def test_training_on_two_gpus_srun_requeue_resume(cluster, tmp_path):
     config.write_text(local.replace("train: {gpus_per_node: 1}", "train: {gpus_per_node: 2}"))
     assert "gpus_per_node: 2" in config.read_text()
     cli("prepare", "--run", run, "--preset", "toy", "--samples", "4", "--shards", "2", "--set", "pairs.method=ensemble",
-        "--set", "train.pairs=ensemble", "--set", "train.checkpoint_every=0")
+        "--set", "train.pairs=ensemble", "--set", "train.checkpoint_every=0", "--set", "train.steps=60")
     for stage in ("sample", "score", "pairs"):
         cli(stage, "--run", run)  # on this machine: only train goes to the cluster
     metrics = run / "train" / "ensemble" / "metrics.csv"
-    cli("train", "--run", run, "--steps", "60", "--cluster", config)
+    cli("train", "--run", run, "--cluster", config)
     assert "#SBATCH --ntasks-per-node=2" in (run / "logs/train/train.sbatch").read_text()
     job = [e for e in ledger.read(run) if e["stage"] == "train" and e["kind"] == "tasks"][-1]["job_id"]
     _wait_until(lambda: metrics.exists() and len(metrics.read_text().splitlines()) - 1 >= 5, 600, "step 5")
@@ -300,7 +302,8 @@ def test_training_on_two_gpus_srun_requeue_resume(cluster, tmp_path):
     assert [p.name.rsplit(".", 2)[1] for p in logs] == ["attempt-0", "attempt-1"]
     first, second = logs[0].read_text(), logs[1].read_text()
     assert "train: 2 processes: srun --kill-on-bad-exit=1" in first and "passing it on" in first
-    assert "tasks 0-1: Exited with exit code 75" in first and "requeued Slurm job" in first, first[-3000:]
+    assert "Exited with exit code 75" in first and "requeued Slurm job" in first, first[-3000:]
+    assert first.count("preempted: checkpointed at step") == 2, first[-3000:]  # both ranks stopped at one step
     resumed = re.findall(r"resumed \S+ at step (\d+)", second)
     assert len(resumed) == 2 and len(set(resumed)) == 1 and int(resumed[0]) >= 5, second[-3000:]  # both ranks
     assert second.count("trained ensemble for 60 steps") == 2

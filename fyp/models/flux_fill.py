@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from ..config import ConfigError, ModelConfig
+from ..devices import DeviceError, resolve_device, resolve_dtype  # noqa: F401 - re-exported
 from .batch_invariant import batch_invariant as _batch_invariant
 
 # The real FLUX.1 VAE: 16 latent channels, 8x down-sampling.
@@ -39,7 +40,6 @@ TINY_LATENT_CHANNELS = 4
 TINY_VAE_SCALE = 4
 TINY_TEXT_WIDTH = 32  # CLIP hidden size (= pooled projection) and T5 d_model (= joint attention dim)
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class ModelError(RuntimeError):
@@ -47,25 +47,6 @@ class ModelError(RuntimeError):
 
 
 # -- devices and dtypes ------------------------------------------------------------------------
-def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
-    """'auto' -> cuda if available else cpu; 'cuda' without a GPU is a clear error."""
-    if isinstance(name, torch.device):
-        return name
-    if name in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if str(name).startswith("cuda") and not torch.cuda.is_available():
-        raise ModelError(f"device {name!r} asked for, but no CUDA device is available; use device: auto or cpu")
-    return torch.device(name)
-
-
-def resolve_dtype(name: str | torch.dtype) -> torch.dtype:
-    if isinstance(name, torch.dtype):
-        return name
-    if name not in _DTYPES:
-        raise ConfigError(f"unknown dtype {name!r}; valid dtypes: {', '.join(_DTYPES)}")
-    return _DTYPES[name]
-
-
 def latent_shape(model_cfg: ModelConfig, resolution: int) -> tuple[int, int, int]:
     """(C, h, w) of the VAE latents of a `resolution` x `resolution` image (what the sampler may save)."""
     channels, scale = (TINY_LATENT_CHANNELS, TINY_VAE_SCALE) if model_cfg.tiny else (FLUX_LATENT_CHANNELS, FLUX_VAE_SCALE)
