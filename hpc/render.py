@@ -135,8 +135,9 @@ def _launch_srun(stage: str) -> list[str]:
 
     module, run_flag, _ = PROGRAMS[stage]
     return [
-        f"# one process per GPU: hpc.task runs `srun --kill-on-bad-exit=1 \"$PYTHON\" -m {module} {run_flag} \"$RUN\" \"$@\"`",
-        "# (rendezvous from SLURM_PROCID/SLURM_NTASKS/SLURM_LOCALID), keeps the task record, passes USR2 on, requeues",
+        "# one process per GPU (rendezvous from SLURM_PROCID/SLURM_NTASKS/SLURM_LOCALID): hpc.task runs",
+        f'#   srun --kill-on-bad-exit=1 "$PYTHON" -m {module} {run_flag} "$RUN" "$@"',
+        "# keeps the task record, passes USR2 on to srun, and requeues as a single-process task does",
         'exec "$PYTHON" -m hpc.task "$STAGE" --run "$RUN" --shard "$SHARD" --srun ${VARIANT:+--variant "$VARIANT"} "$@"',
     ]
 

@@ -90,11 +90,11 @@ def _nonfinite(run: Run, stage: str, variant: str | None, records: dict[int, dic
     task records' `nonfinite=` (each counts what its attempt scored); None where nothing reports one."""
     if stage == "score" and variant:
         try:
-            attrs = run.store("r").root[f"scores/{variant}"].attrs
-            if "nonfinite" in attrs:
-                return int(attrs["nonfinite"])
+            attrs = dict(run.store("r").root[f"scores/{variant}"].attrs)
         except Exception:  # noqa: BLE001 - no store or group yet: the records are all there is
-            pass
+            attrs = {}
+        if "nonfinite" in attrs:
+            return int(attrs["nonfinite"])
     counts = [int(r["nonfinite"]) for r in records.values() if isinstance(r.get("nonfinite"), (int, float))]
     return sum(counts) if counts else None
 

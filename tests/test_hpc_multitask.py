@@ -15,7 +15,8 @@ from hpc.submit import main
 
 MULTI = from_dict({"executor": "slurm", "partition": "gpu", "time": "02:00:00", "cpus_per_task": 12,
                    "stages": {"train": {"gpus_per_node": 4, "nodes": 2}, "sample": {"nodes": 2}}})
-LAUNCH = 'exec "$PYTHON" -m hpc.task "$STAGE" --run "$RUN" --shard "$SHARD" --srun ${VARIANT:+--variant "$VARIANT"} "$@"'
+LAUNCH = ('exec "$PYTHON" -m hpc.task "$STAGE" --run "$RUN" --shard "$SHARD" --srun ${VARIANT:+--variant "$VARIANT"} '
+          '"$@"')
 
 
 def test_train_on_several_gpus_renders_one_task_per_gpu_and_srun():

@@ -184,7 +184,7 @@ def test_evaluation_tools_are_subcommands(tool):
     import sys
 
     done = subprocess.run([sys.executable, "-m", "hpc.submit", tool, "--help"], capture_output=True, text=True,
-                          timeout=120)
+                          check=False, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("usage:") and "--run" in done.stdout
 
@@ -258,4 +258,6 @@ def test_eval_variants_include_the_trained_export_before_it_exists(created):
     opts = {o.dest: o.kwargs.get("default") for o in stage.options}
     assert stage.variants(run, opts) == ["synthetic/baseline"]
     assert stage.variants(run, dict(opts, trained="ensemble")) == ["synthetic/baseline", "synthetic/ensemble"]
-    assert stage.pending_shards(run, "synthetic/ensemble", dict(opts, trained="ensemble")) == [0, 1, 2][:stage.num_shards(run, opts)]
+    shards = stage.num_shards(run, dict(opts, trained="ensemble"))
+    assert shards >= 1 and stage.pending_shards(run, "synthetic/ensemble", dict(opts, trained="ensemble")) == list(
+        range(shards))  # nothing evaluated yet

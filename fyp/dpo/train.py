@@ -454,6 +454,9 @@ def train(run_dir: Path | str, pairs: str | None = None, *, steps: int | None = 
                 path = save(done)
                 metrics_log.close()
                 _STOP.clear()
+                # Every rank has its checkpoint on disk before any exits: under `srun --kill-on-bad-exit`
+                # the first rank to exit (code 75) ends the others.
+                dist.barrier()
                 raise TrainingPreempted(done, path)
         metrics_log.close()
 
