@@ -213,7 +213,10 @@ def test_training_requeued_mid_run_resumes_from_checkpoint(pipeline_run):
     assert metrics.exists(), "the pipeline did not train (is the pairs stage available?)"
     cli("train", "--run", run, "--steps", "12", "--cluster", "slurm-local")
     job = [e for e in ledger.read(run) if e["stage"] == "train" and e["kind"] == "tasks"][-1]["job_id"]
-    _wait_until(lambda: len(metrics.read_text().splitlines()) - 1 >= 4, 600, "training to pass step 4")
+    # The pipeline's own 4-step run left rows for steps 0-3: wait for a step only the new job can log,
+    # or the signal may reach it before it trains (or before it even starts).
+    last_step = lambda: max([int(line.split(",")[0]) for line in metrics.read_text().splitlines()[1:]] or [-1])
+    _wait_until(lambda: last_step() >= 5, 600, "training to pass step 5")
     subprocess.run(["scancel", "--signal=USR2", "--batch", f"{job}_0"], check=True)
     final = slurm.wait([job], poll_seconds=1, timeout=900)
     assert final[f"{job}_0"].state == "COMPLETED"
@@ -309,5 +312,8 @@ def test_training_on_two_gpus_srun_requeue_resume(cluster, tmp_path):
     assert second.count("trained ensemble for 60 steps") == 2
     steps = [int(line.split(",")[0]) for line in metrics.read_text().splitlines()[1:]]
     assert steps == list(range(60))  # each step once (rank 0 writes), none lost
+    # the stage's finalise job runs after the task (afterok): wait for it before asking status
+    finalize = [e for e in ledger.read(run) if e["stage"] == "train" and e["kind"] == "finalize"][-1]["job_id"]
+    assert slurm.wait([finalize], poll_seconds=1, timeout=300)[str(finalize)].state == "COMPLETED"
     out = cli("status", "--run", run, "--stage", "train").stdout
     assert re.search(r"^train\s+60/60\s+0\s+0\s+0\s+1\s+0\s+0\s+done", out, re.M), out
