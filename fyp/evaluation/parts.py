@@ -13,11 +13,11 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from ..run import atomic_write_bytes
 
 
 def item_path(folder: Path, index: int) -> Path:
@@ -28,12 +28,6 @@ def metrics_path(folder: Path, shard: int) -> Path:
     return Path(folder) / "parts" / f"metrics-{shard:05d}.json"
 
 
-def _atomic_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-    os.replace(tmp, path)
 
 
 def write_item(folder: Path, index: int, *, id: str, prompt: str, seed: int, valid: bool, reason: str = "",
@@ -44,7 +38,7 @@ def write_item(folder: Path, index: int, *, id: str, prompt: str, seed: int, val
     if result is not None:
         arrays["result"] = np.asarray(result, np.uint8)
     np.savez_compressed(buf, **arrays)
-    _atomic_bytes(item_path(folder, index), buf.getvalue())
+    atomic_write_bytes(item_path(folder, index), buf.getvalue())
 
 
 def read_item(folder: Path, index: int) -> dict | None:
@@ -67,7 +61,7 @@ def write_metrics(folder: Path, shard: int, indices: list[int], values: dict[str
 
     payload = dict(shard=shard, indices=[int(i) for i in indices], values={k: clean(v) for k, v in values.items()},
                    failures=failures, reasons=reasons, info=info)
-    _atomic_bytes(metrics_path(folder, shard), json.dumps(payload).encode())
+    atomic_write_bytes(metrics_path(folder, shard), json.dumps(payload).encode())
 
 
 def read_metrics(folder: Path, shard: int) -> dict | None:
