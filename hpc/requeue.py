@@ -108,8 +108,13 @@ def requeue_slurm_job(max_requeues: int) -> bool:
     if restarts >= max_requeues:
         log.warning("not requeued: this task was already requeued %d times (max_requeues=%d)", restarts, max_requeues)
         return False
-    subprocess.run(["scontrol", "requeue", job], check=True, timeout=60, capture_output=True)
+    # Logged before the call: Slurm may end this process as soon as `scontrol requeue` takes effect.
     log.info("requeued Slurm job %s (attempt %d ends here)", job, restarts)
+    for handler in logging.getLogger().handlers + log.handlers:
+        handler.flush()
+    out = subprocess.run(["scontrol", "requeue", job], timeout=60, capture_output=True, text=True)
+    if out.returncode:
+        raise RuntimeError(f"scontrol requeue {job} failed: {(out.stderr or out.stdout).strip()}")
     return True
 
 
