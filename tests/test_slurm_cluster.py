@@ -214,6 +214,17 @@ def test_pipeline_runs_through_available_stages(pipeline_run):
     assert (run / "eval/synthetic/ensemble/summary.csv").exists()
 
 
+def _preempt_training(run, job):
+    """USR2 (Slurm's pre-timeout signal) to a running training task; it must requeue once and complete.
+    Returns the text of the two attempts' logs."""
+    subprocess.run(["scancel", "--signal=USR2", "--batch", f"{job}_0"], check=True)
+    final = slurm.wait([job], poll_seconds=1, timeout=900)
+    assert final[f"{job}_0"].state == "COMPLETED"
+    logs = sorted((run / "logs/train").glob(f"shard-00000.job-{job}_0.attempt-*.log"))
+    assert [p.name.rsplit(".", 2)[1] for p in logs] == ["attempt-0", "attempt-1"]
+    return logs[0].read_text(), logs[1].read_text()
+
+
 def test_training_requeued_mid_run_resumes_from_checkpoint(pipeline_run):
     """USR2 (the pre-timeout signal) to a training task: it checkpoints after its step, requeues itself,
     and the next attempt resumes from that checkpoint and finishes."""
@@ -227,12 +238,7 @@ def test_training_requeued_mid_run_resumes_from_checkpoint(pipeline_run):
     # or the signal may reach it before it trains (or before it even starts).
     last_step = lambda: max([int(line.split(",")[0]) for line in metrics.read_text().splitlines()[1:]] or [-1])
     _wait_until(lambda: last_step() >= 5, 600, "training to pass step 5")
-    subprocess.run(["scancel", "--signal=USR2", "--batch", f"{job}_0"], check=True)
-    final = slurm.wait([job], poll_seconds=1, timeout=900)
-    assert final[f"{job}_0"].state == "COMPLETED"
-    logs = sorted((run / "logs/train").glob(f"shard-00000.job-{job}_0.attempt-*.log"))
-    assert [p.name.rsplit(".", 2)[1] for p in logs] == ["attempt-0", "attempt-1"]
-    first, second = logs[0].read_text(), logs[1].read_text()
+    first, second = _preempt_training(run, job)
     assert "TrainingPreempted" in first or "checkpointed at step" in first
     resumed = re.search(r"resumed \S+ at step (\d+)", second)
     assert resumed and int(resumed.group(1)) >= 4, second[-2000:]
@@ -308,12 +314,7 @@ def test_training_on_two_gpus_srun_requeue_resume(cluster, tmp_path):
     assert "#SBATCH --ntasks-per-node=2" in (run / "logs/train/train.sbatch").read_text()
     job = [e for e in ledger.read(run) if e["stage"] == "train" and e["kind"] == "tasks"][-1]["job_id"]
     _wait_until(lambda: metrics.exists() and len(metrics.read_text().splitlines()) - 1 >= 5, 600, "step 5")
-    subprocess.run(["scancel", "--signal=USR2", "--batch", f"{job}_0"], check=True)
-    final = slurm.wait([job], poll_seconds=1, timeout=900)
-    assert final[f"{job}_0"].state == "COMPLETED"
-    logs = sorted((run / "logs/train").glob(f"shard-00000.job-{job}_0.attempt-*.log"))
-    assert [p.name.rsplit(".", 2)[1] for p in logs] == ["attempt-0", "attempt-1"]
-    first, second = logs[0].read_text(), logs[1].read_text()
+    first, second = _preempt_training(run, job)
     assert "train: 2 processes: srun --kill-on-bad-exit=1" in first and "passing it on" in first
     assert "Exited with exit code 75" in first and "requeued Slurm job" in first, first[-3000:]
     assert first.count("preempted: checkpointed at step") == 2, first[-3000:]  # both ranks stopped at one step
