@@ -18,13 +18,14 @@ from fyp.stages import PIPELINE, Stage, available_stages, get_stage
 from . import ledger, slurm
 
 log = logging.getLogger("hpc")
-STATES = ("pending", "queued", "running", "done", "failed", "cancelled")
+STATES = ("pending", "queued", "running", "done", "failed", "cancelled", "unknown")
 
 
 @dataclass
 class ShardStatus:
     shard: int
-    state: str  # one of STATES; pending = not submitted (or not running yet locally)
+    state: str  # one of STATES; pending = not submitted (or not running yet locally); unknown = submitted
+    #   to Slurm, but sacct has no row for its task yet and nothing else says how it ended
     job: str = ""  # Slurm job/array task id or local pid
     error: str = ""
     log: str = ""
@@ -155,7 +156,9 @@ def stage_status(run: Run, stage: Stage, variant: str | None, opts: dict, entrie
             status.error = record.get("error", "") if status.state == "failed" else ""
             status.log = status.log or record.get("log", "")
         elif sub and sub["kind"] == "tasks":
-            status.state = "queued"  # submitted; sacct does not list it yet
+            # submitted, no sacct row yet: just queued, or a never-started task slurmdbd has not recorded
+            # as cancelled yet. Neither the store nor a task record says more, so say so.
+            status.state = "unknown"
         shards.append(status)
     out = StageStatus(stage.name, variant, done_samples, total_samples, shards)
     out.nan = sum(int(v) for r in records.values() for k, v in r.items()
@@ -168,7 +171,7 @@ def stage_status(run: Run, stage: Stage, variant: str | None, opts: dict, entrie
         if fin:
             state = states.get(str(fin[-1]["job_id"]))
             if state is None:
-                out.finalize = "queued"
+                out.finalize = "unknown"  # submitted, no sacct row yet (as for shards above)
             elif state.state in slurm.CANCELLED:
                 out.finalize, out.finalize_note = "cancelled", _why_cancelled(state, fin[-1].get("depends", []), states)
             elif state.state in slurm.QUEUED:
@@ -206,7 +209,7 @@ def render(run_dir: Path | str, statuses: list[StageStatus]) -> str:
     cfg = run.config
     lines = [f"run {run_dir}: preset {cfg.preset}, {cfg.shards} shards",
              f"{'stage':24s} {'samples':>11s} {'pending':>8s} {'queued':>7s} {'running':>8s} {'done':>5s} "
-             f"{'failed':>7s} {'cancelled':>9s}  finalize"]
+             f"{'failed':>7s} {'cancelled':>9s} {'unknown':>7s}  finalize"]
     problems = []
     for st in statuses:
         t = st.tally()
@@ -214,7 +217,8 @@ def render(run_dir: Path | str, statuses: list[StageStatus]) -> str:
         nan = f"  NaN {st.nan}" if st.nan else ""
         nan += f"  nonfinite {st.nonfinite}" if st.nonfinite is not None else ""
         lines.append(f"{st.label:24s} {samples:>11s} {t['pending']:>8d} {t['queued']:>7d} {t['running']:>8d} "
-                     f"{t['done']:>5d} {t['failed']:>7d} {t['cancelled']:>9d}  {st.finalize or '-'}{nan}")
+                     f"{t['done']:>5d} {t['failed']:>7d} {t['cancelled']:>9d} {t['unknown']:>7d}  "
+                     f"{st.finalize or '-'}{nan}")
         for s in st.shards:
             if s.state in ("failed", "cancelled"):
                 problems.append(f"  {st.label} shard {s.shard} {s.state.upper()} (job {s.job or '-'}): {s.error or '?'}\n"

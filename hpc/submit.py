@@ -119,14 +119,16 @@ class Submitter:
             if not self.in_memory and (retry_failed or ledger.read(self.run.dir)):
                 known = status.stage_status(self.run, stage, variant, opts, ledger.read(self.run.dir),
                                             self._scheduler_states())
-            active = {s.shard for s in known.shards if s.state in ("queued", "running")} if known and self.slurm else set()
+            # unknown = submitted, not in sacct yet (often just queued): resubmitting could run it twice
+            active = ({s.shard for s in known.shards if s.state in ("queued", "running", "unknown")}
+                      if known and self.slurm else set())
             todo = [s for s in wanted if s in pending and s not in active]
             if retry_failed:
                 failed = {s.shard for s in known.shards if s.state in ("failed", "cancelled")} if known else set()
                 todo = [s for s in todo if s in failed]
             if active:
                 echo(f"{stage.name}{'/' + variant if variant else ''}: shards {arrayspec.format_indices(active)} are "
-                     f"already queued or running; not submitted again")
+                     f"already queued or running (or not in sacct yet); not submitted again")
             covers = pending <= set(todo)
             finalized = (not self.in_memory) and ledger.finalized_marker(self.run.dir, stage.name, variant).exists()
             plans.append(VariantPlan(variant, todo, covers, finalized))

@@ -125,8 +125,38 @@ def test_status_of_a_1024_task_run_makes_one_scheduler_call(tmp_path, monkeypatc
     result = status.collect(run_dir, ["prepare"])
     assert len(calls) == 1 and calls[0][0] == "sacct" and "100,101,102" in calls[0]
     tally = result[0].tally()
-    assert tally == dict(pending=0, queued=23, running=1000, done=0, failed=1, cancelled=0)
+    assert tally == dict(pending=0, queued=23, running=1000, done=0, failed=1, cancelled=0, unknown=0)
     assert result[0].finalize == "queued"
+
+
+def test_status_of_a_task_sacct_does_not_list_yet_is_unknown_not_done(tmp_path, monkeypatch):
+    """A chained sample array whose parent failed: slurmdbd lists the cancelled, never-started task 0 but
+    not yet tasks 1 and 2. The store is empty (prepare never wrote it): it says nothing is done, so task 1
+    is unknown; task 2's record (written after the submission) is evidence that it is done."""
+    import subprocess
+
+    from fyp.stages import get_stage
+
+    run_dir = tmp_path / "r"
+    assert main(["prepare", "--run", str(run_dir), "--preset", "tiny", "--samples", "6", "--shards", "3",
+                 "--create-only"]) == 0
+    ledger.append(run_dir, kind="tasks", stage="sample", variant=None, job_id="300", offset=0,
+                  indices=[0, 1, 2], array="0-2", depends=["299"])
+    Run.open(run_dir).write_task_record("sample", 2, "done", done=2)  # newer than the submission: evidence
+    assert get_stage("sample").pending_shards(Run.open(run_dir), None, {}) == [0, 1, 2]  # nothing prepared
+
+    def fake_run(cmd, **kw):  # sacct's real output format, parsed by slurm.query; no row for 300_1 or 300_2
+        lines = ["299|FAILED|NonZeroExitCode|1:0", "300_0|CANCELLED|Dependency|0:0"]
+        return subprocess.CompletedProcess(cmd, 0, "\n".join(lines) + "\n", "")
+
+    monkeypatch.setattr(slurm.subprocess, "run", fake_run)
+    result = status.collect(run_dir, ["sample"])
+    assert [s.state for s in result[0].shards] == ["cancelled", "unknown", "done"]
+    assert result[0].tally() == dict(pending=0, queued=0, running=0, done=1, failed=0, cancelled=1, unknown=1)
+    header, row = status.render(run_dir, result).splitlines()[1:3]
+    assert header.split()[1:] == ["samples", "pending", "queued", "running", "done", "failed", "cancelled",
+                                  "unknown", "finalize"]
+    assert row.split()[2:10] == ["0", "0", "0", "1", "0", "1", "1", "-"], row
 
 
 def test_query_falls_back_to_squeue_without_accounting(monkeypatch):

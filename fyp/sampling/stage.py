@@ -65,8 +65,9 @@ class _Hold:
 
 
 def _pending_mask(store: RunStore) -> np.ndarray:
-    """Samples with work left: valid and not yet done."""
-    return store["samples/valid"][:] & ~store["candidates/done"][:]
+    """Samples with work left: not prepared yet, or valid and not yet done. An unprepared sample is never
+    valid, so without the first term a shard prepare never wrote would read as complete."""
+    return ~store["samples/done"][:] | (store["samples/valid"][:] & ~store["candidates/done"][:])
 
 
 class SampleStage(Stage):
