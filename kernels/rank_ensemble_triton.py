@@ -1,13 +1,15 @@
-"""Triton rank-ensemble kernel: per-model ranking, weighting and winner/loser selection in one pass.
+"""Triton rank-ensemble kernels: per-model ranking, weighting and winner/loser selection in one pass.
 
-One program owns BLOCK_N samples. For each model it loads the [BLOCK_N, K] score tile once, compares
-every candidate with every other one (no sort: K = 16), turns the counts into the model's value (rank
-or win rate) and adds it to the weighted sum. Two ways to compare, a constexpr switch: LOOP (default)
-walks the other candidate i and updates [BLOCK_N, K] counters element-wise; the tile variant forms a
-[BLOCK_N, K, K] broadcast and reduces it (cross-lane reductions). Then,
-after the last model it divides, picks winner and loser with the seeded tie-break, and writes
-values [N, K] f32 plus four [N] vectors. Scores come from HBM once (the loop's column loads hit L1), so
-the kernel is bound by that read when the comparisons keep up (figures: docs/ensemble.md).
+`rank_ensemble_triton` launches one of three variants. "rows" (kernels/rank_ensemble_triton_rows.py,
+the default for K <= 32) gives each thread one sample and compares registers. This file holds the
+other two, one kernel with a constexpr switch, where a program owns BLOCK_N samples spread over lanes:
+for each model it loads the [BLOCK_N, K] score tile once, compares every candidate with every other one
+(no sort), turns the counts into the model's value (rank or win rate) and adds it to the weighted sum.
+LOOP walks the other candidate i and updates [BLOCK_N, K] counters element-wise (the default above
+K = 32, up to 128); the tile variant forms a [BLOCK_N, K, K] broadcast and reduces it (cross-lane
+reductions). After the last model it divides, picks winner and loser with the seeded tie-break, and
+writes values [N, K] f32 plus four [N] vectors. On an H200 the loop variant was issue-bound (~9 SASS
+instructions per compared pair; 0.85 ms at N = 1e6, M = 9, K = 16), which is why rows exists.
 
 Semantics, bit for bit for the rank methods and CaEN: kernels/rank_ensemble_reference.py. The launch
 passes enable_fp_fusion=False so `total + w * v` is not contracted into an FMA (the reference rounds
@@ -23,6 +25,11 @@ import triton
 import triton.language as tl
 
 from .rank_ensemble_reference import HASH_CANDIDATE, HASH_SAMPLE, FMIX_1, FMIX_2
+
+if hasattr(triton, "constexpr_function"):
+    from .rank_ensemble_triton_rows import MAX_ROWS_CANDIDATES, rank_ensemble_rows_kernel
+else:  # an older Triton: the loop variant only
+    MAX_ROWS_CANDIDATES, rank_ensemble_rows_kernel = 0, None
 
 MAX_TRITON_CANDIDATES = 128  # the [BLOCK_N, K, K] tile must fit in registers
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
@@ -153,25 +160,47 @@ def _rank_ensemble_forward_kernel(
     tl.store(status_ptr + rows, status, mask=row_ok)
 
 
-def default_block_n(k: int, loop: bool = True) -> int:
-    """Samples per program: [BLOCK_N, K] tiles of ~1024 elements (loop), or a [BLOCK_N, K, K]
-    comparison tile of ~8192 elements (tile). Unmeasured on a GPU so far: benchmarks/gpu/rank_ensemble.py
-    sweeps both variants, BLOCK_N and num_warps."""
+VARIANTS = ("rows", "loop", "tile")
+# One sample per thread needs tuples and constexpr functions in the Triton frontend (3.5+).
+ROWS_AVAILABLE = hasattr(triton, "constexpr_function")
+
+
+def default_variant(k: int) -> str:
+    """rows (one sample per thread) up to K = 32; beyond, its unrolled K^2 code and 3 K registers per
+    thread grow too large, and the loop variant takes over."""
+    return "rows" if ROWS_AVAILABLE and k <= MAX_ROWS_CANDIDATES else "loop"
+
+
+def default_block_n(k: int, variant: str = "loop", num_warps: int = 4) -> int:
+    """Samples per program. rows: one per thread. loop: [BLOCK_N, K] tiles of ~256 elements (H200 sweep
+    at N=1e6, M=9, K=16: BLOCK_N=16 x 2 warps best, 770 GB/s vs 571 at 64 x 4). tile: a [BLOCK_N, K, K]
+    comparison tile of ~8192 elements. benchmarks/gpu/rank_ensemble.py sweeps all three."""
     block_k = triton.next_power_of_2(max(k, 1))
-    if loop:  # H200 sweep at N=1e6, M=9, K=16: BLOCK_N=16 x 2 warps best (770 GB/s vs 571 at 64 x 4)
+    if variant == "rows":
+        return 32 * num_warps
+    if variant == "loop":
         return max(1, min(256, 256 // block_k))
     return max(1, min(128, 8192 // (block_k * block_k)))
 
 
 def rank_ensemble_triton(scores: torch.Tensor, weights: torch.Tensor, mode_id: int, seed_term: int,
-                         sample_offset: int, capo_tol: float, block_n: int | None = None, num_warps: int = 2,
-                         loop: bool = True):
-    """Launch the kernel. `loop` picks how candidates are compared: a loop over the other candidate with
-    [BLOCK_N, K] element-wise updates (default), or one [BLOCK_N, K, K] broadcast with reductions."""
+                         sample_offset: int, capo_tol: float, block_n: int | None = None, num_warps: int | None = None,
+                         variant: str | None = None, maxnreg: int | None = None, prefetch: bool = False):
+    """Launch a kernel. `variant` picks how candidates are compared: "rows" (one sample per thread,
+    registers only; default for K <= 32), "loop" (a loop over the compared-with candidate with [BLOCK_N, K]
+    element-wise updates; default above 32) or "tile" (one [BLOCK_N, K, K] broadcast with reductions).
+    `maxnreg` caps registers per thread (rows default: 96 for K <= 16, 128 above; 0 = no cap); `prefetch`
+    (rows) loads the next model's tile before comparing the current one: +10% instructions, better
+    latency hiding; off until a GPU sweep says otherwise."""
     n, m, k = scores.shape
     if k > MAX_TRITON_CANDIDATES:
         raise ValueError(f"the Triton rank-ensemble kernel handles K <= {MAX_TRITON_CANDIDATES}, got K = {k}; "
                          "use backend='reference'")
+    variant = variant or default_variant(k)
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown Triton variant {variant!r}; valid: {', '.join(VARIANTS)}")
+    if variant == "rows" and k > MAX_ROWS_CANDIDATES:
+        raise ValueError(f"the rows variant handles K <= {MAX_ROWS_CANDIDATES}, got K = {k}; use variant='loop'")
     scores = scores.contiguous()
     weights = weights.contiguous()
     device = scores.device
@@ -182,14 +211,27 @@ def rank_ensemble_triton(scores: torch.Tensor, weights: torch.Tensor, mode_id: i
     status = torch.empty(n, dtype=torch.int8, device=device)
     if n == 0:
         return values, winner, loser, used, status
-    block_n = block_n or default_block_n(k, loop)
+    num_warps = num_warps or (4 if variant == "rows" else 2)
+    block_n = block_n or default_block_n(k, variant, num_warps)
     grid = (triton.cdiv(n, block_n),)
     seed_i32 = seed_term - (1 << 32) if seed_term >= (1 << 31) else seed_term  # same bits, an i32 argument
     launch = {} if _INTERPRET else {"num_warps": num_warps, "enable_fp_fusion": False}
+    hashes = dict(H_SAMPLE=HASH_SAMPLE, H_CAND=HASH_CANDIDATE, H_FMIX1=FMIX_1, H_FMIX2=FMIX_2)
+    if variant == "rows":
+        block_k = triton.next_power_of_2(k)
+        if maxnreg is None:  # ptxas takes ~175 registers at K = 16 unless capped; 96 compiles without spills
+            maxnreg = 96 if block_k <= 16 else 128  # and lets 5 instead of 2 blocks of 4 warps share an SM
+        if maxnreg and not _INTERPRET:
+            launch["maxnreg"] = maxnreg
+        rank_ensemble_rows_kernel[grid](
+            scores, weights, values, winner, loser, used, status, n, m, seed_i32, sample_offset, capo_tol,
+            K=k, MODE=mode_id, BLOCK_N=block_n, BLOCK_K=block_k, LOG_K=block_k.bit_length() - 1,
+            FAST_RCP=not _INTERPRET, PREFETCH=prefetch, **hashes, **launch,
+        )
+        return values, winner, loser, used, status
     _rank_ensemble_forward_kernel[grid](
         scores, weights, values, winner, loser, used, status,
         n, m, k, seed_i32, sample_offset, capo_tol,
-        MODE=mode_id, BLOCK_N=block_n, BLOCK_K=triton.next_power_of_2(k), LOOP=loop,
-        H_SAMPLE=HASH_SAMPLE, H_CAND=HASH_CANDIDATE, H_FMIX1=FMIX_1, H_FMIX2=FMIX_2, **launch,
+        MODE=mode_id, BLOCK_N=block_n, BLOCK_K=triton.next_power_of_2(k), LOOP=variant == "loop", **hashes, **launch,
     )
     return values, winner, loser, used, status

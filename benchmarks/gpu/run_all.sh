@@ -26,7 +26,7 @@ step() {  # name, hard cap (s), command...
   echo "=== $name exit $? after $((SECONDS - t0))s"
   tail -n 40 "$RES/$name.log"
 }
-step rank    90  python3 benchmarks/gpu/rank_ensemble.py --out "$RES/rank" --max-seconds 75 --ns 1000000
+step rank   170  python3 benchmarks/gpu/rank_ensemble.py --out "$RES/rank" --max-seconds 150 --ns 1000000
 step fused   70  python3 benchmarks/gpu/fused_loss.py --out "$RES/fused" --max-seconds 50
 step sample 120  python3 benchmarks/gpu/sample_flux.py --out "$RES/sample" --max-seconds 90
 step rewards 120 python3 benchmarks/gpu/rewards_full.py --out "$RES/rewards" --max-seconds 95

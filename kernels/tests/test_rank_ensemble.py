@@ -15,7 +15,8 @@ from kernels.rank_ensemble_ops import ensemble
 from kernels.rank_ensemble_reference import MODES
 
 # the interpreter computes NaN arithmetic in numpy, which warns; the NaNs are the point of these inputs
-pytestmark = pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning"),
+              pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")]
 HAS_CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if HAS_CUDA else "cpu"
 
@@ -90,29 +91,28 @@ def test_cpp_rejects_non_cpu_backend_mismatch():
 TRITON_SHAPES = [(8, 3, 4), (8, 9, 16), (8, 5, 7), (5, 4, 13)]
 
 
-@pytest.mark.parametrize("variant", ["loop", "tile"])
+@pytest.mark.parametrize("variant", ["rows", "loop", "tile"])
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("shape", TRITON_SHAPES, ids=["x".join(map(str, s)) for s in TRITON_SHAPES])
 def test_triton_matches_reference(mode, shape, variant):
     from kernels.rank_ensemble_ops import CAPO_TIE_TOL, MODE_IDS, seed_term
-    from kernels.rank_ensemble_triton import rank_ensemble_triton
+    from kernels.rank_ensemble_triton import default_variant, rank_ensemble_triton
 
     n, m, k = shape
     s = make_scores(n, m, k, seed=m * k, levels=3, device=DEVICE)
     for weighting in ("none", "zero"):
         w = make_weights(weighting, m, seed=n)
         w_dev = (torch.ones(m) if w is None else w).to(DEVICE)
-        got = rank_ensemble_triton(s, w_dev, MODE_IDS[mode], seed_term(7), 123_456, CAPO_TIE_TOL,
-                                   loop=variant == "loop")
+        got = rank_ensemble_triton(s, w_dev, MODE_IDS[mode], seed_term(7), 123_456, CAPO_TIE_TOL, variant=variant)
         want = ensemble(s, mode, w, backend="reference", seed=7, sample_offset=123_456)
         assert_same(kernels.EnsembleResult(*got), want)
-    if variant == "loop":  # the public entry point takes this path
+    if variant == default_variant(k):  # the public entry point takes this path
         assert_same(ensemble(s, mode, w, backend="triton", seed=7, sample_offset=123_456), want)
 
 
-@pytest.mark.parametrize("loop", [True, False])
+@pytest.mark.parametrize("variant", ["rows", "loop", "tile"])
 @pytest.mark.parametrize("mode", ["average", "capo"])
-def test_triton_blocks_and_seeds(mode, loop):
+def test_triton_blocks_and_seeds(mode, variant):
     """Several programs (N not a multiple of the block), a seed whose hash term exceeds 2^31."""
     from kernels.rank_ensemble_ops import CAPO_TIE_TOL, MODE_IDS, seed_term
     from kernels.rank_ensemble_triton import rank_ensemble_triton
@@ -121,15 +121,87 @@ def test_triton_blocks_and_seeds(mode, loop):
     w = torch.rand(3, generator=torch.Generator().manual_seed(0)).to(DEVICE)
     seed = 2**31 + 5
     assert seed_term(seed) >= 2**31
-    got = rank_ensemble_triton(s, w, MODE_IDS[mode], seed_term(seed), 40, CAPO_TIE_TOL, block_n=4, loop=loop)
+    got = rank_ensemble_triton(s, w, MODE_IDS[mode], seed_term(seed), 40, CAPO_TIE_TOL, block_n=4,
+                               variant=variant, num_warps=1)
     want = ensemble(s, mode, w, backend="reference", seed=seed, sample_offset=40)
     assert_same(kernels.EnsembleResult(*got), want)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_triton_rows_continuous_scores_every_scale(mode):
+    """Continuous scores from 1e-2 to 1e4 apart: CaPO's shifted form (e^(s - max)) and, for blocks where a
+    usable row spans more than 80, its direct-sigmoid path; the other modes on distinct values."""
+    from kernels.rank_ensemble_ops import CAPO_TIE_TOL, MODE_IDS, seed_term
+    from kernels.rank_ensemble_triton import rank_ensemble_triton
+
+    g = torch.Generator().manual_seed(5)
+    for scale in (0.01, 1.0, 30.0, 1e4):
+        s = torch.randn(40, 4, 16, generator=g) * scale
+        s[5, 1, 3], s[6, 2, 0] = float("inf"), float("nan")  # unusable rows must not pick CaPO's path
+        w = torch.rand(4, generator=g)
+        got = rank_ensemble_triton(s.to(DEVICE), w.to(DEVICE), MODE_IDS[mode], seed_term(7), 0, CAPO_TIE_TOL,
+                                   variant="rows", block_n=32)
+        assert_same(kernels.EnsembleResult(*got), ensemble(s, mode, w, backend="reference", seed=7))
+
+
+@pytest.mark.parametrize("m", [1, 3])
+@pytest.mark.parametrize("mode", ["average", "capo"])
+def test_triton_rows_prefetch(mode, m):
+    """The prefetching loop (model m + 1's tile loaded before model m is compared) gives the same result."""
+    from kernels.rank_ensemble_ops import CAPO_TIE_TOL, MODE_IDS, seed_term
+    from kernels.rank_ensemble_triton import rank_ensemble_triton
+
+    s = make_scores(9, m, 8, seed=2, levels=3, device=DEVICE)
+    w = torch.rand(m, generator=torch.Generator().manual_seed(1)).to(DEVICE)
+    got = rank_ensemble_triton(s, w, MODE_IDS[mode], seed_term(4), 3, CAPO_TIE_TOL, variant="rows", block_n=4,
+                               num_warps=1, prefetch=True)
+    assert_same(kernels.EnsembleResult(*got), ensemble(s, mode, w, backend="reference", seed=4, sample_offset=3))
+
+
+def test_triton_rows_largest_k_and_the_variant_choice():
+    from kernels.rank_ensemble_ops import CAPO_TIE_TOL, MODE_IDS, seed_term
+    from kernels.rank_ensemble_triton import MAX_ROWS_CANDIDATES, default_variant, rank_ensemble_triton
+
+    assert MAX_ROWS_CANDIDATES == 32
+    assert default_variant(16) == "rows" and default_variant(32) == "rows" and default_variant(33) == "loop"
+    s = make_scores(6, 2, 32, seed=3, levels=5, device=DEVICE)
+    got = rank_ensemble_triton(s, torch.ones(2, device=DEVICE), MODE_IDS["average"], seed_term(1), 0, CAPO_TIE_TOL)
+    assert_same(kernels.EnsembleResult(*got), ensemble(s, "average", None, backend="reference", seed=1))
+    with pytest.raises(ValueError, match="rows variant handles K <= 32"):
+        rank_ensemble_triton(make_scores(2, 1, 33), torch.ones(1), 0, 0, 0, CAPO_TIE_TOL, variant="rows")
+    with pytest.raises(ValueError, match="unknown Triton variant"):
+        rank_ensemble_triton(make_scores(2, 1, 4), torch.ones(1), 0, 0, 0, CAPO_TIE_TOL, variant="warp")
 
 
 def test_triton_refuses_too_many_candidates():
     s = torch.zeros(2, 1, 200, device=DEVICE)
     with pytest.raises(ValueError, match="K <= 128"):
         ensemble(s, "min", backend="triton")
+
+
+def test_triton_kernels_compile_for_sm90_without_spills(tmp_path):
+    """The interpreter never runs Triton's GPU compiler, so a kernel that only fails there (a layout, an
+    if/else over tuples, inline assembly) would pass every test above. Compile for sm_90 ahead of time
+    (Triton bundles ptxas) in a process without TRITON_INTERPRET, and read registers and spills."""
+    import csv
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = tmp_path / "sass.csv"
+    for variants, modes, extra in (("rows", "average,dense,capo", []), ("rows", "average", ["--prefetch"]),
+                                   ("loop", "average", [])):
+        subprocess.run([sys.executable, "-m", "kernels.benchmarks.sass_report", "--variants", variants, "--modes", modes,
+                        "--maxnreg", "96", "--csv", str(out), *extra], check=True, env=env, timeout=600,
+                       cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+        rows = list(csv.DictReader(out.open()))
+        assert [r["mode"] for r in rows] == modes.split(",")
+        for r in rows:
+            assert r["sm"] == "sm_90" and int(r["static_instructions"]) > 100
+            assert 0 < int(r["registers"]) <= 96 and int(r["spill_bytes"]) == 0, r
+            if variants == "rows":  # one pass of the per-model loop per model, and it holds the comparisons
+                assert int(r["model_loop_body"]) >= 120 * 4, r
 
 
 # ------------------------------------------------------------------------------------------------ API
