@@ -88,12 +88,10 @@ def _below(c, i: tl.constexpr, k: tl.constexpr):
 
 
 @triton.jit
-def _sign(c, i: tl.constexpr, k: tl.constexpr):
-    """sign(c_i - c_k) in {-1, 0, 1}: computed once per unordered pair, negated for the mirror."""
-    if i < k:
-        return tl.where(c[i] > c[k], 1.0, 0.0) - tl.where(c[i] < c[k], 1.0, 0.0)
-    else:
-        return -(tl.where(c[k] > c[i], 1.0, 0.0) - tl.where(c[k] < c[i], 1.0, 0.0))
+def _sign(c, lo: tl.constexpr, hi: tl.constexpr):
+    """sign(c_lo - c_hi) in {-1, 0, 1} for lo < hi: one expression per unordered pair, added for one
+    candidate and subtracted for the other (a negated operand, no extra instruction)."""
+    return tl.where(c[lo] > c[hi], 1.0, 0.0) - tl.where(c[lo] < c[hi], 1.0, 0.0)
 
 
 @triton.jit
@@ -192,8 +190,11 @@ def _model_values(c, finite, MODE: tl.constexpr, BLOCK_N: tl.constexpr, K: tl.co
             if k < K:
                 for i in tl.static_range(K):
                     if i != k:
-                        if MODE == 1:
-                            acc += _sign(c, i, k)
+                        if MODE == 1:  # sum_i sign(c_i - c_k)
+                            if i < k:
+                                acc += _sign(c, i, k)
+                            else:
+                                acc -= _sign(c, k, i)
                         elif MODE == 3:
                             acc += _below(c, i, k)
                         elif MODE == 2:
@@ -214,7 +215,8 @@ def rank_ensemble_rows_kernel(
     scores_ptr, weights_ptr, values_ptr, winner_ptr, loser_ptr, used_ptr, status_ptr,
     N, M, seed_term, sample_offset, capo_tol,
     K: tl.constexpr, MODE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, LOG_K: tl.constexpr,
-    FAST_RCP: tl.constexpr, PREFETCH: tl.constexpr, H_SAMPLE: tl.constexpr, H_CAND: tl.constexpr, H_FMIX1: tl.constexpr, H_FMIX2: tl.constexpr,
+    FAST_RCP: tl.constexpr, PREFETCH: tl.constexpr,
+    H_SAMPLE: tl.constexpr, H_CAND: tl.constexpr, H_FMIX1: tl.constexpr, H_FMIX2: tl.constexpr,
 ):
     pid = tl.program_id(0)
     rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)

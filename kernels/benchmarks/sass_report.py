@@ -2,7 +2,7 @@
 """Static SASS report of the Triton rank-ensemble kernels, compiled ahead of time for a GPU target
 with no GPU present (Triton ships ptxas and nvdisasm).
 
-    python -m kernels.benchmarks.sass_report [--arch 90] [--k 16] [--m 9] [--csv OUT.csv]
+    python -m kernels.benchmarks.sass_report [--arch 90] [--k 16] [--m 9] [--maxnreg R] [--csv OUT.csv]
 
 Why: on the H200 the old loop kernel ran N = 1e6, M = 9, K = 16 in 0.85 ms, far from HBM speed; it was
 issue-bound. The number of instructions a warp issues per sample is therefore the figure to cut, and it
@@ -113,7 +113,9 @@ def resource_usage(cubin: Path) -> dict:
 
 def report(variant: str, mode: str, k: int, m: int, num_warps: int, arch: int, block_n: int | None = None,
            maxnreg: int | None = None, prefetch: bool = False, device: dict = H100_SXM) -> dict:
-    compiled = compile_kernel(variant, mode, k, num_warps, block_n, arch, maxnreg, prefetch)
+    if maxnreg is None and variant == "rows":  # the launcher's default cap
+        maxnreg = 96 if triton.next_power_of_2(k) <= 16 else 128
+    compiled = compile_kernel(variant, mode, k, num_warps, block_n, arch, maxnreg or None, prefetch)
     with tempfile.TemporaryDirectory() as tmp:
         cubin = Path(tmp) / "kernel.cubin"
         cubin.write_bytes(compiled.asm["cubin"])
@@ -138,6 +140,16 @@ def report(variant: str, mode: str, k: int, m: int, num_warps: int, arch: int, b
     return row
 
 
+def describe(r: dict) -> str:
+    line = (f"{r['variant']:5} {r['mode']:8} K={r['K']} warps={r['num_warps']} prefetch={r['prefetch']} {r['sm']}: "
+            f"regs {r['registers']:3} spill {r['spill_bytes']:3} B, {r['static_instructions']:5} instr, "
+            f"loop body {r['model_loop_body']:4}")
+    if "warp_instructions_per_sample" in r:
+        line += (f", {r['warp_instructions_per_sample']} warp instr/sample -> issue-bound "
+                 f"{r['issue_bound_ms_at_1e6']} ms at N=1e6 on {H100_SXM['name']}")
+    return line
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--arch", type=int, default=90, help="compute capability x 10 (90 = H100/H200)")
@@ -146,7 +158,7 @@ def main(argv=None) -> int:
     parser.add_argument("--modes", default=",".join(MODES))
     parser.add_argument("--variants", default="rows,loop,tile")
     parser.add_argument("--num-warps", default="4", help="comma-separated")
-    parser.add_argument("--maxnreg", type=int, default=None, help="register cap (the launcher's rows default: 96)")
+    parser.add_argument("--maxnreg", type=int, default=None, help="register cap; default: the launcher's (rows: 96 for K <= 16, else 128), 0 = none")
     parser.add_argument("--prefetch", action="store_true", help="rows: load the next model's tile first")
     parser.add_argument("--csv", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -156,15 +168,9 @@ def main(argv=None) -> int:
             for warps in (int(w) for w in args.num_warps.split(",")):
                 rows.append(report(variant, mode, args.k, args.m, warps if variant == "rows" else 2, args.arch,
                                    maxnreg=args.maxnreg, prefetch=args.prefetch and variant == "rows"))
-                r = rows[-1]
-                print(f"{r['variant']:5} {r['mode']:8} K={r['K']} warps={r['num_warps']} prefetch={r['prefetch']} {r['sm']}: "
-                      f"regs {r['registers']:3} spill {r['spill_bytes']:3} B, {r['static_instructions']:5} instr, "
-                      f"loop body {r['model_loop_body']:4}"
-                      + (f", {r['warp_instructions_per_sample']} warp instr/sample -> issue-bound "
-                         f"{r['issue_bound_ms_at_1e6']} ms at N=1e6 on {H100_SXM['name']}" if variant == "rows" else ""),
-                      flush=True)
+                print(describe(rows[-1]), flush=True)
     if args.csv:
-        fields = sorted({key for r in rows for key in r}, key=lambda f: list(rows[0]).index(f) if f in rows[0] else 99)
+        fields = list(dict.fromkeys(key for r in rows for key in r))
         with open(args.csv, "w", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=fields)
             writer.writeheader()
