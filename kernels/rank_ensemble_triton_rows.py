@@ -14,7 +14,8 @@ form (`c[a] op c[b]`) so the compiler shares it between the two:
     dense     as min, counting only first occurrences of each value
     caen      v = #{i : c_i < c_k}
     capo      v = sum_i sigmoid(c_k - c_i) - 1/2, with e_i = exp(c_i - max) and
-              sigmoid(c_k - c_i) = e_k / (e_k + e_i): one reciprocal per unordered pair
+              sigmoid(c_k - c_i) = e_k / (e_k + e_i): v = e_k sum_{i != k} 1 / (e_k + e_i),
+              one reciprocal per unordered pair
 
 Counts are float sums of 0/1 (exact), so ranks, CaEN, weighted sums, winners and losers are bit-identical
 to kernels/rank_ensemble_reference.py; CaPO agrees to ~1e-7 (ties within CAPO_TIE_TOL). A block whose
@@ -136,8 +137,9 @@ def _reciprocal(x, FAST_RCP: tl.constexpr):
 
 @triton.jit
 def _capo_shifted(c, hi, BLOCK_N: tl.constexpr, K: tl.constexpr, BLOCK_K: tl.constexpr, FAST_RCP: tl.constexpr):
-    """The same sums with e_i = exp(c_i - hi): sigmoid(c_k - c_i) = e_k / (e_k + e_i), K exponentials and
-    one reciprocal per unordered pair, written as 1 / (e_lo + e_hi) so both candidates share it."""
+    """The same sums with e_i = exp(c_i - hi): sigmoid(c_k - c_i) = e_k / (e_k + e_i), so
+    v_k = e_k * sum_{i != k} 1 / (e_k + e_i): K exponentials, one reciprocal per unordered pair (written
+    1 / (e_lo + e_hi) so both candidates share it) and two adds."""
     e = ()
     for j in tl.static_range(K):
         e = e + (tl.exp(c[j] - hi),)
@@ -146,13 +148,13 @@ def _capo_shifted(c, hi, BLOCK_N: tl.constexpr, K: tl.constexpr, BLOCK_K: tl.con
         acc = tl.zeros([BLOCK_N], dtype=tl.float32)
         if k < K:
             for i in tl.static_range(K):
-                if i == k:
-                    acc += 0.5
-                elif i < k:
-                    acc += e[k] * _reciprocal(e[i] + e[k], FAST_RCP)
-                else:
-                    acc += e[k] * _reciprocal(e[k] + e[i], FAST_RCP)
-        v = v + (acc - 0.5,)
+                if i < k:
+                    acc += _reciprocal(e[i] + e[k], FAST_RCP)
+                elif i > k:
+                    acc += _reciprocal(e[k] + e[i], FAST_RCP)
+            v = v + (e[k] * acc,)
+        else:
+            v = v + (acc,)
     return v
 
 

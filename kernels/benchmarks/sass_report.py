@@ -10,7 +10,7 @@ can be read from the compiled code on any machine. Per kernel and mode this prin
 spills, the static instruction count, the instructions in the per-model loop body, and for the rows
 variant (one thread per sample, one pass through that loop per model) an issue estimate:
 
-    warp instructions per sample = ((total - body) + M * body) / 32
+    warp instructions per sample = ((total - loop) + M * body) / 32
     issue-bound time            = N * that / (SMs * 4 schedulers * clock)
 
 The estimate ignores stalls and assumes the loop body runs once per model. Where the body holds two
@@ -125,6 +125,7 @@ def report(variant: str, mode: str, k: int, m: int, num_warps: int, arch: int, b
     instructions, loops, diamonds = parse_sass(sass)
     outer = max(loops, key=lambda span: span[1] - span[0]) if loops else None
     body = outer[1] - outer[0] + 1 if outer else 0
+    outside = len(instructions) - body
     if outer:  # of two alternative paths in the loop only one runs: count the smaller (CaPO's shifted one)
         for branch, else_start, join in diamonds:
             if outer[0] <= branch and join <= outer[1]:
@@ -133,7 +134,7 @@ def report(variant: str, mode: str, k: int, m: int, num_warps: int, arch: int, b
                sm=f"sm_{arch}", registers=usage["registers"], spill_bytes=usage["local_bytes"],
                static_instructions=len(instructions), model_loop_body=body, loops=len(loops))
     if variant == "rows":
-        per_sample = ((len(instructions) - body) + m * body) / 32
+        per_sample = (outside + m * body) / 32
         seconds = 1e6 * per_sample / (device["sms"] * 4 * device["clock_hz"])
         row.update(warp_instructions_per_sample=round(per_sample, 1),
                    issue_bound_ms_at_1e6=round(seconds * 1e3, 3))
