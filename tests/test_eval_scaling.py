@@ -66,3 +66,50 @@ def test_plot_scaling_from_summary(run):
     assert [p["scale"] for p in points if p["metric"] == "brightness"] == [2, 4, 8]
     text = (run.dir / "eval" / "scaling" / "candidates.csv").read_text().splitlines()
     assert text[0].startswith("benchmark,metric,pairs,scale") and len(text) == 7
+
+
+@pytest.mark.timeout(600)
+def test_candidate_sweep_launches_end_to_end_and_skips_done_steps(tmp_path, capsys, monkeypatch):
+    """`hpc.submit scaling launch` on the local executor: pairs, train and eval per k', then the baseline; a
+    failed step stops the launch, a second launch skips every step, and `plot` draws one point per scale."""
+    from fyp.dpo.train import export_dir
+    from fyp.stages import execute_shard
+    from hpc.submit import main as submit
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # a tiny model: threads only add contention on a shared box
+    run = create_run(tmp_path / "run", "toy", {
+        "shards": 1, "data": {"samples": 4}, "sampling": {"steps": 2}, "eval": {"samples": 2},
+        "train": {"steps": 2, "warmup_steps": 0, "checkpoint_every": 2}})
+    for stage in ("prepare", "sample"):
+        execute_shard(stage, run.dir, 0)
+    launch = ["scaling", "launch", "--run", str(run.dir), "--scales", "2,4"]
+
+    assert submit(launch) == 1  # not scored yet: the first pairs step fails and nothing after it runs
+    err = capsys.readouterr().err
+    assert "scaling: stopped at step 1/7 (python -m hpc.submit pairs" in err and "exit code 1" in err
+    assert not (run.dir / "train").exists()
+
+    execute_shard("score", run.dir, 0, "brightness")
+    assert submit(launch) == 0
+    out = capsys.readouterr().out
+    assert "nothing to do, every shard is done" not in out and "7/7 steps done" in out
+    store = run.store("r")
+    for k in (2, 4):
+        name = f"brightness-k{k}"
+        valid = store[f"pairs/{name}/valid"][:]
+        assert valid.all() and store.root[f"pairs/{name}"].attrs["candidates"] == k
+        assert store[f"pairs/{name}/winner"][:].max() < k and store[f"pairs/{name}/loser"][:].max() < k
+        assert (export_dir(run.dir, name) / "config.json").exists()
+        assert (run.dir / "train" / name / "done.json").exists()
+    summary = (run.dir / "eval" / "summary.csv").read_text()
+    assert {line.split(",")[0] for line in summary.splitlines()[1:]} == {"baseline", "brightness-k2", "brightness-k4"}
+
+    assert submit(launch) == 0  # every step is done: each says so and runs no task
+    out = capsys.readouterr().out
+    assert out.count("nothing to do, every shard is done") == 7 and "running" not in out
+
+    assert submit(["scaling", "plot", "--run", str(run.dir)]) == 0
+    assert (run.dir / "eval" / "scaling" / "candidates-brightness.png").read_bytes()[:4] == b"\x89PNG"
+    lines = (run.dir / "eval" / "scaling" / "candidates.csv").read_text().splitlines()
+    brightness = [line.split(",") for line in lines[1:] if line.split(",")[1] == "brightness"]
+    assert [(row[2], row[3], row[7]) for row in brightness] == [("brightness", "2", "2"), ("brightness", "4", "2")]

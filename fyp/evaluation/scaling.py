@@ -11,11 +11,14 @@ on the first k' candidates; for `--method single` the name is `<reward>-k<k'>`),
 Sample scaling: for each N, the pairs set `<pairs>-n<N>` keeps the first N valid pairs of `<pairs>` in a seeded
 random order (nested subsets: the N = 8 pairs are among the N = 16 ones); the planner writes these subset
 groups itself, in the submitting process (a single writer), then `train --pairs <pairs>-n<N>` and eval.
+Both sweeps end with `eval --model baseline`, the reference line of the plots.
 Every step is one `python -m hpc.submit` command; `launch` runs them in order (with `--wait` on a Slurm cluster,
-so a step starts after the one it needs). `plot` reads `<run>/eval/summary.csv`, finds models named
-`*-k<scale>` and `*-n<scale>`, and writes `<run>/eval/scaling/<kind>-<metric>.png` (metric against scale with
-the bootstrap 95% intervals, the baseline as a dashed line) and `<run>/eval/scaling/<kind>.csv`; the report
-embeds the plots.
+so a step starts after the one it needs); a done step says "nothing to do" and is skipped, and the first step
+that fails stops the launch with its exit code (launch again after fixing it: the done steps are skipped).
+`plot` reads `<run>/eval/summary.csv`, finds models named `*-k<scale>` and `*-n<scale>`, and writes
+`<run>/eval/scaling/<kind>-<metric>.png` (metric against scale with the bootstrap 95% intervals, the baseline as
+a dashed line) and `<run>/eval/scaling/<kind>.csv` (one row per benchmark, metric and scale); the report embeds
+the plots.
 """
 from __future__ import annotations
 
@@ -102,16 +105,23 @@ def sample_steps(run: Run, sizes: list[int], pairs: str | None = None, seed: int
     return steps
 
 
+def baseline_step(run: Run) -> list[str]:
+    """The untrained model's eval: the dashed reference line of every scaling plot."""
+    return ["eval", "--run", str(run.dir), "--model", "baseline"]
+
+
 def launch(steps: list[list[str]], cluster: str = "local", dry_run: bool = False) -> int:
+    """Run the steps in order through the `hpc.submit` CLI; stop at the first that fails, with its exit code."""
     from hpc.submit import main as submit  # the CLI: fyp/ never schedules by itself
 
-    for step in steps:
+    for number, step in enumerate(steps, 1):
         argv = step + ["--cluster", cluster] + (["--dry-run"] if dry_run else []) + \
             (["--wait"] if cluster != "local" and not dry_run else [])
-        print("$ python -m hpc.submit " + " ".join(argv), flush=True)
+        print(f"scaling step {number}/{len(steps)}: python -m hpc.submit " + " ".join(argv), flush=True)
         code = submit(argv)
         if code != 0:
-            print(f"scaling: step failed with exit code {code}; fix it and launch again (done steps are skipped)")
+            print(f"scaling: stopped at step {number}/{len(steps)} (python -m hpc.submit {' '.join(step)}), exit code "
+                  f"{code}; fix it and launch again (done steps are skipped)", file=sys.stderr, flush=True)
             return code
     return 0
 
@@ -158,8 +168,12 @@ def plot_scaling(run_dir: Path | str) -> list[Path]:
                             marker="o", capsize=3, label=f"{base} ({bench})")
                 baseline = [r for r in rows if r["model"] == "baseline" and r["metric"] == metric and r["benchmark"] == bench]
                 if baseline:
-                    ax.axhline(baseline[0]["mean"], linestyle="--", color="gray", linewidth=1)
+                    ax.axhline(baseline[0]["mean"], linestyle="--", color="gray", linewidth=1,
+                               label=f"baseline ({bench})")
             ax.set_xscale("log", base=2)
+            scales = sorted({r["scale"] for r in points if r["metric"] == metric})
+            ax.set_xticks(scales, [str(x) for x in scales])  # 2, 4, 8 rather than 2^1, 2^2, 2^3
+            ax.minorticks_off()
             ax.set_xlabel("k' (candidates per sample)" if kind == "candidates" else "training pairs")
             ax.set_title(f"{metric} vs {kind}", fontsize=10)
             ax.legend(fontsize=7)
@@ -184,23 +198,38 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     run = Run.open(args.run)
     if args.action == "plot":
-        for path in plot_scaling(run.dir):
+        paths = plot_scaling(run.dir)
+        for path in paths:
             print(path)
+        if not paths:
+            print(f"scaling: nothing to plot: {run.dir / 'eval' / 'summary.csv'} has no models named *-k<N> or *-n<N>; "
+                  f"launch a sweep first", file=sys.stderr)
         return 0
-    if args.kind == "candidates":
-        k = run.config.sampling.candidates
-        scales = [int(s) for s in args.scales.split(",")] if args.scales else [s for s in (2, 4, 8, 16) if s <= k]
-        steps = candidate_steps(run, scales, args.method)
-    else:
-        if not args.scales:
-            parser.error("--kind samples needs --scales (pair counts, e.g. 8,16,32)")
-        steps = sample_steps(run, [int(s) for s in args.scales.split(",")], args.pairs, args.seed,
-                             write=args.action == "launch" and not args.dry_run)
+    try:
+        scales = [int(s) for s in args.scales.split(",")] if args.scales else None
+    except ValueError:
+        parser.error(f"--scales takes comma-separated integers, got {args.scales!r}")
+    try:
+        if args.kind == "candidates":
+            k = run.config.sampling.candidates
+            steps = candidate_steps(run, scales or [s for s in (2, 4, 8, 16) if s <= k], args.method)
+        else:
+            if not scales:
+                parser.error("--kind samples needs --scales (pair counts, e.g. 8,16,32)")
+            steps = sample_steps(run, scales, args.pairs, args.seed, write=args.action == "launch" and not args.dry_run)
+    except ValueError as exc:  # bad scales or a missing pairs set: one line, exit code 2 (as hpc.submit's bad input)
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    steps.append(baseline_step(run))
     if args.action == "plan":
         for step in steps:
             print("python -m hpc.submit " + " ".join(step))
         return 0
-    return launch(steps, args.cluster, args.dry_run)
+    code = launch(steps, args.cluster, args.dry_run)
+    if code == 0 and not args.dry_run:
+        print(f"scaling: {len(steps)}/{len(steps)} steps done ('nothing to do': done before, skipped); "
+              f"plots: python -m hpc.submit scaling plot --run {args.run}", flush=True)
+    return code
 
 
 if __name__ == "__main__":
