@@ -35,6 +35,7 @@ class Option:
 
 class Stage:
     name: str = ""
+    progress_unit: str = "samples"  # what progress() counts, for messages
     sharded: bool = True
     options: tuple[Option, ...] = ()
 

@@ -143,7 +143,7 @@ class Submitter:
             result.nothing = True
             try:
                 done, total = stage.progress(self.run, None if len(plans) != 1 else plans[0].variant, opts)
-                progress = f" ({done}/{total} samples done)" if total else ""
+                progress = f" ({done}/{total} {stage.progress_unit} done)" if total else ""
             except Exception:  # noqa: BLE001 - progress is informative only
                 progress = ""
             reason = "no failed shards to retry" if retry_failed else "every shard is done"

@@ -34,6 +34,7 @@ def _overrides(opts: dict) -> dict:
 
 class TrainStage(Stage):
     name = "train"
+    progress_unit = "optimizer steps"
     sharded = False
     options = (
         Option("--pairs", dict(help="train on pairs/<NAME> (default: the config's train.pairs)")),
