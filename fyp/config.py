@@ -94,12 +94,13 @@ class TrainConfig:
     ref_cache: bool = False
     checkpoint_every: int = 10
     zero_stage: int = 3
+    zero_init: bool = True  # zero_stage 3: build the policy and reference partitioned (deepspeed.zero.Init)
     gradient_checkpointing: bool = False
     timestep_sampling: str = "uniform"  # uniform | logit-normal
     lr_schedule: str = "constant"  # after warm-up: constant | linear | cosine (decay to 0 at `steps`)
     export: bool = True  # save the aligned transformer as a diffusers folder at the end
     seed: int = 0
-    options: dict = field(default_factory=dict)
+    options: dict = field(default_factory=dict)  # deepspeed: a mapping merged into the DeepSpeed config
 
 
 @dataclass

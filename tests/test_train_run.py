@@ -35,10 +35,11 @@ def _env() -> dict:
     return env
 
 
-def _train(run_dir: Path, *args: str, procs: int = 1, check: bool = True) -> subprocess.CompletedProcess:
+def _train(run_dir: Path, *args: str, procs: int = 1, check: bool = True,
+           pairs: str = PAIRS) -> subprocess.CompletedProcess:
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}"] \
         if procs > 1 else [sys.executable]
-    cmd = launcher + ["-m", "fyp.dpo.train", "--run-dir", str(run_dir), "--pairs", PAIRS, *args]
+    cmd = launcher + ["-m", "fyp.dpo.train", "--run-dir", str(run_dir), "--pairs", pairs, *args]
     proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=800)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
@@ -158,3 +159,123 @@ def test_train_stage_in_process_lora(base_run):
 
     exported = FluxTransformer2DModel.from_pretrained(export_dir(run_dir, PAIRS))
     assert not any("lora" in key for key in exported.state_dict())
+
+
+@pytest.mark.parametrize("loss", ["caen", "capo"])
+def test_margin_losses_train_end_to_end(base_run, loss):
+    """CaEN / CaPO through the CLI under ZeRO-3: pairs made by the pairs stage with that method carry
+    R(w) - R(l), and every logged step's loss is (margin of that step's pair - inside)^2."""
+    from fyp.dpo.train import global_indices
+    from fyp.run import Run
+    from fyp.stages import execute_shard
+
+    run_dir = _copy(base_run, loss)
+    execute_shard("pairs", run_dir, 0, None, {"method": loss, "name": loss})
+    beta = 500.0  # COMMON's; one pair per step so the logged batch means are that pair's values
+    _train(run_dir, *COMMON, "--set", "train.batch_size=1", "--set", f"train.loss={loss}", pairs=loss)
+
+    store = Run.open(run_dir).store(mode="r")
+    pairs_margin = store[f"pairs/{loss}/margin"][:]
+    margin = store[f"train/{loss}/margin"][:]  # the latent cache's copy, one per usable pair
+    np.testing.assert_array_equal(margin, pairs_margin[store[f"train/{loss}/sample"][:]])
+    assert np.isfinite(margin).all() and (margin > 0).all()
+    if loss == "caen":  # one reward, no ties: R_En(best) - R_En(worst) = 1 - 0
+        np.testing.assert_allclose(margin, 1.0)
+    else:  # CaPO's calibrated rewards differ pair by pair
+        assert len(np.unique(margin)) == len(margin)
+
+    rows = read_metrics(run_dir, loss)
+    assert [int(r["step"]) for r in rows] == list(range(STEPS))
+    for step, row in enumerate(rows):
+        assert all(np.isfinite(v) for v in row.values()), row
+        (pair,), _ = global_indices(step, 0, 0, world=1, batch=1, grad_accum=1, num_pairs=len(margin), seed=0)
+        inside = -(beta / 2) * ((row["mse_policy_w"] - row["mse_ref_w"]) - (row["mse_policy_l"] - row["mse_ref_l"]))
+        assert row["reward_margin"] == pytest.approx(inside, abs=1e-3 * max(1.0, abs(inside)))
+        assert row["loss"] == pytest.approx((margin[pair] - row["reward_margin"]) ** 2, rel=1e-5, abs=1e-9)
+    # Step 0: policy == reference, inside = 0, so the loss is the pair's squared margin (DPO would give log 2).
+    first_pair = global_indices(0, 0, 0, world=1, batch=1, grad_accum=1, num_pairs=len(margin), seed=0)[0][0]
+    assert rows[0]["reward_margin"] == 0.0
+    assert rows[0]["loss"] == pytest.approx(float(margin[first_pair]) ** 2, rel=1e-6)
+    assert any(r["reward_margin"] != 0.0 for r in rows[1:])  # the policy moved
+    assert (export_dir(run_dir, loss) / "diffusion_pytorch_model.safetensors").exists()
+    assert (run_dir / "train" / loss / "done.json").exists()
+
+
+def test_margin_loss_without_margins_is_a_one_line_error(base_run, capsys):
+    """loss=caen on pairs made without a margin (the single method): exit 2 and one line, before any
+    process group or model is set up (so every rank of a multi-process run fails alike)."""
+    from fyp.dpo.train import main
+
+    assert main(["--run", str(base_run), "--pairs", PAIRS, "--set", "train.loss=caen"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("fyp.dpo.train: ") and "\n" not in err, err
+    assert "train.loss=caen needs target margins" in err and f"pairs/{PAIRS}" in err and "capo or caen" in err
+    assert not (base_run / "train").exists()  # failed before encoding the latent cache
+
+
+def test_bf16_zero3_keeps_fp32_master_weights(single, base_run):
+    """model.dtype=bfloat16: DeepSpeed's bf16 mode over gloo on the CPU. The module weights are bf16, the
+    optimizer's master weights and Adam moments fp32; the losses track the fp32 run's; the export is bf16."""
+    from safetensors.torch import load_file
+
+    from fyp import config as config_mod
+
+    run_dir = _copy(base_run, "bf16")
+    cfg = config_mod.load(run_dir / "config.yaml")
+    cfg.model.dtype = "bfloat16"
+    config_mod.save(cfg, run_dir / "config.yaml")
+    _train(run_dir, *COMMON, "--set", "train.batch_size=2", "--set", "train.checkpoint_every=2")
+
+    rows, fp32 = read_metrics(run_dir, PAIRS), read_metrics(single, PAIRS)
+    assert all(np.isfinite(v) for r in rows for v in r.values())
+    assert rows[0]["loss"] == pytest.approx(np.log(2), abs=1e-6)  # bf16 policy == bf16 reference at step 0
+    for key in ("mse_policy_w", "mse_policy_l"):  # same pairs and draws, bf16 rounding only
+        assert rows[0][key] == pytest.approx(fp32[0][key], rel=3e-2)
+    assert rows[0]["grad_norm"] > 0 and rows[-1]["loss"] != rows[0]["loss"]
+
+    ckpt = run_dir / "train" / PAIRS / "checkpoints" / "step-000002"
+    model_states = torch.load(ckpt / "zero_pp_rank_0_mp_rank_00_model_states.pt", map_location="cpu",
+                              weights_only=False)
+    assert {v.dtype for v in model_states["module"].values()} == {torch.bfloat16}
+    optim = torch.load(ckpt / "bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt", map_location="cpu",
+                       weights_only=False)["optimizer_state_dict"]
+    total = sum(s.numel() for group in model_states["param_shapes"] for s in group.values())
+    masters = optim["fp32_flat_groups"]
+    assert {t.dtype for t in masters} == {torch.float32} and sum(t.numel() for t in masters) == total
+    moments = [t for state in optim["optimizer_state_dict"]["state"].values()
+               for k, t in state.items() if k in ("exp_avg", "exp_avg_sq")]
+    assert moments and {t.dtype for t in moments} == {torch.float32}
+
+    exported = load_file(export_dir(run_dir, PAIRS) / "diffusion_pytorch_model.safetensors")
+    assert {t.dtype for t in exported.values()} == {torch.bfloat16}
+
+
+def test_zero_init_from_a_pretrained_folder_matches_the_whole_model(base_run, tmp_path):
+    """ZeRO-3 builds the transformer partitioned (deepspeed.zero.Init, train.zero_init, the default) and
+    loads a diffusers folder of sharded safetensors into it module by module; over 2 processes, with the
+    reference-loss cache filled in lockstep (batch 3 of 8 pairs: 9 chunks, 5 on rank 0 and 4 on rank 1),
+    it trains exactly like the whole model built on one process with a live reference. ZeRO-3 keeps
+    parameters under 1e5 elements whole on every rank (all of the tiny model's): a persistence threshold
+    of 0 makes every forward all-gather, so a rank with a chunk fewer would hang without the lockstep."""
+    from diffusers import FluxFillPipeline
+
+    from fyp import config as config_mod
+    from fyp.models import build_tiny_components
+
+    folder = tmp_path / "flux-fill"
+    FluxFillPipeline(**build_tiny_components(0, 32)).save_pretrained(folder, max_shard_size="100KB")
+    assert (folder / "transformer" / "diffusion_pytorch_model.safetensors.index.json").exists()
+
+    whole = _copy(base_run, "whole")
+    _train(whole, *COMMON, "--set", "train.batch_size=6", "--set", "train.zero_init=false")
+    part = _copy(base_run, "partitioned")
+    cfg = config_mod.load(part / "config.yaml")
+    cfg.model.tiny, cfg.model.pretrained = False, str(folder)
+    config_mod.save(cfg, part / "config.yaml")
+    proc = _train(part, *COMMON, "--set", "train.batch_size=3", "--set", "train.ref_cache=true", "--set",
+                  "train.options.deepspeed.zero_optimization.stage3_param_persistence_threshold=0", procs=2)
+    assert "built partitioned (deepspeed.zero.Init)" in proc.stderr
+
+    rows, ref = read_metrics(part, PAIRS), read_metrics(whole, PAIRS)
+    for key in ("loss", "mse_policy_w", "mse_policy_l", "mse_ref_w", "mse_ref_l", "reward_margin"):
+        np.testing.assert_allclose([r[key] for r in rows], [r[key] for r in ref], rtol=1e-4, atol=1e-5, err_msg=key)

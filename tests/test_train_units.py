@@ -156,3 +156,49 @@ def test_cli_bad_run_is_one_line(tmp_path, capsys):
     assert main(["--run", str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("fyp.dpo.train: ") and "not a prepared run" in err and "\n" not in err
+
+
+def test_float16_training_is_refused():
+    from fyp.dpo.train import check_training_dtype
+
+    check_training_dtype("float32")
+    check_training_dtype("bfloat16")
+    with pytest.raises(ConfigError, match="model.dtype.*bfloat16.*'float16'"):
+        check_training_dtype("float16")
+
+
+def test_weight_source_reads_sharded_safetensors(tmp_path):
+    """The plain-read safetensors source (used to load weights under zero.Init) equals safetensors' own load."""
+    from safetensors.torch import load_file
+
+    from fyp.dpo.zero3 import WeightSource
+    from fyp.models import build_tiny_components
+
+    transformer = build_tiny_components(0, 8)["transformer"].to(torch.bfloat16)
+    transformer.save_pretrained(tmp_path / "sharded", max_shard_size="50KB")
+    transformer.save_pretrained(tmp_path / "single")
+    state = transformer.state_dict()
+    for folder in ("sharded", "single"):
+        source = WeightSource.from_folder(tmp_path / folder)
+        assert source.keys() == set(state)
+        for key, value in state.items():
+            got = source.get(key)
+            assert got.dtype == torch.bfloat16 and torch.equal(got, value), key
+    assert len(list((tmp_path / "sharded").glob("*.safetensors"))) > 1
+    expected = load_file(tmp_path / "single" / "diffusion_pytorch_model.safetensors")
+    assert set(expected) == set(state)
+    with pytest.raises(FileNotFoundError, match="safetensors"):
+        WeightSource.from_folder(tmp_path)
+
+
+def test_deepspeed_config_takes_extra_settings():
+    from fyp.dpo.train import deepspeed_config
+
+    base = deepspeed_config(TrainConfig(zero_stage=3), 2, True)
+    assert base["zero_optimization"]["stage"] == 3 and base["bf16"] == {"enabled": True}
+    assert base["train_batch_size"] == 2 and base["optimizer"]["params"]["torch_adam"]
+    extra = TrainConfig(zero_stage=3, options={"deepspeed": {"zero_optimization": {"reduce_bucket_size": 100}}})
+    merged = deepspeed_config(extra, 2, True)
+    assert merged["zero_optimization"] == {**base["zero_optimization"], "reduce_bucket_size": 100}
+    with pytest.raises(ConfigError, match="train.options.deepspeed"):
+        deepspeed_config(TrainConfig(options={"deepspeed": 3}), 1, False)

@@ -10,9 +10,12 @@ by the initial policy itself, and training then runs without any reference model
     attrs ref_cache: the draw settings the cache was made with (seed, timestep sampling, shared noise,
                      mask, normalize, epochs); a cache whose settings differ is recomputed.
 
-Each process computes every W-th chunk of pairs with its own full, unsharded copy of the initial
-weights; an all-reduce (sum) joins them and rank 0 writes. Cost: E * P reference forwards, the same
-number training would make, but without the reference's memory during training.
+The trainer fills it with the policy's DeepSpeed engine before the first step (the initial weights):
+each process computes every W-th chunk of pairs; an all-reduce (sum) joins them and rank 0 writes. Under
+ZeRO-3 every forward all-gathers the parameters, a collective, so the processes go in `lockstep`: each
+makes the same number of forwards (a process out of chunks repeats its last one and drops the result).
+Cost: E * P reference forwards, the same number training would make, but without the reference's
+memory during training.
 """
 from __future__ import annotations
 
@@ -67,8 +70,11 @@ class RefLossCache:
 
 def load_or_build(store, data: PairData, transformer, *, epochs: int, key: dict, batch_size: int,
                   scheduler_config, device, dtype, rank: int = 0, world: int = 1, guidance_embeds: bool = True,
-                  barrier=lambda: None, all_reduce=lambda t: t) -> RefLossCache:
-    """The cache for `epochs` epochs under `key`: read if the store holds a matching one, else computed."""
+                  barrier=lambda: None, all_reduce=lambda t: t, lockstep: bool = False) -> RefLossCache:
+    """The cache for `epochs` epochs under `key`: read if the store holds a matching one, else computed.
+
+    `lockstep`: every rank makes the same number of forwards (needed when a forward is a collective, ZeRO-3).
+    """
     group = cache_group(data.name)
     attrs = dict(store.root[group].attrs).get("ref_cache")
     if attrs and {k: attrs.get(k) for k in key} == key and attrs.get("epochs", 0) >= epochs:
@@ -77,19 +83,20 @@ def load_or_build(store, data: PairData, transformer, *, epochs: int, key: dict,
     num = data.num_pairs
     loss_w = torch.zeros(epochs, num, dtype=torch.float32)
     loss_l = torch.zeros(epochs, num, dtype=torch.float32)
-    chunk = 0
-    for epoch in range(epochs):
-        for start in range(0, num, batch_size):
-            if chunk % world == rank:
-                pairs = list(range(start, min(num, start + batch_size)))
-                lw, ll = reference_losses(transformer, data, pairs, [epoch] * len(pairs), seed=key["seed"],
-                                          scheduler_config=scheduler_config, sampling=key["sampling"],
-                                          shared_noise=key["shared_noise"], mask_loss=key["mask_loss"],
-                                          normalize=key["normalize"], device=device, dtype=dtype,
-                                          guidance_embeds=guidance_embeds)
-                loss_w[epoch, pairs] = lw.float().cpu()
-                loss_l[epoch, pairs] = ll.float().cpu()
-            chunk += 1
+    chunks = [(epoch, start) for epoch in range(epochs) for start in range(0, num, batch_size)]
+    mine = chunks[rank::world]
+    rounds = -(-len(chunks) // world) if lockstep else len(mine)
+    for i in range(rounds):
+        epoch, start = mine[min(i, len(mine) - 1)] if mine else chunks[0]
+        pairs = list(range(start, min(num, start + batch_size)))
+        lw, ll = reference_losses(transformer, data, pairs, [epoch] * len(pairs), seed=key["seed"],
+                                  scheduler_config=scheduler_config, sampling=key["sampling"],
+                                  shared_noise=key["shared_noise"], mask_loss=key["mask_loss"],
+                                  normalize=key["normalize"], device=device, dtype=dtype,
+                                  guidance_embeds=guidance_embeds)
+        if i < len(mine):  # a lockstep filler's result is dropped
+            loss_w[epoch, pairs] = lw.float().cpu()
+            loss_l[epoch, pairs] = ll.float().cpu()
     loss_w, loss_l = all_reduce(loss_w), all_reduce(loss_l)
     if rank == 0:
         for name, value in (("ref_loss_w", loss_w), ("ref_loss_l", loss_l)):

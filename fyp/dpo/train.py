@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import ConfigError, RunConfig, TrainConfig, from_dict, parse_override
+from ..config import ConfigError, RunConfig, TrainConfig, _merge, from_dict, parse_override
 from ..run import Run, atomic_write_text
 from ..store import StoreError
 from . import launch
@@ -115,6 +115,18 @@ def check_train_config(cfg: TrainConfig) -> None:
             raise ConfigError(message)
 
 
+TRAIN_DTYPES = ("float32", "bfloat16")
+
+
+def check_training_dtype(name: str) -> None:
+    """Training runs in model.dtype: fp32, or bf16 (DeepSpeed's bf16 mode: bf16 module weights, fp32 master
+    weights and optimizer state). float16 is refused: without loss scaling its gradients overflow (a run
+    on the tiny model logged grad_norm=inf at every step and never moved)."""
+    if name not in TRAIN_DTYPES:
+        raise ConfigError(f"training runs in model.dtype {' or '.join(TRAIN_DTYPES)}, got {name!r}; "
+                          f"use bfloat16 for mixed precision")
+
+
 def resolve_config(run: Run, pairs: str | None, steps: int | None, overrides: dict | None) -> RunConfig:
     """The run's config with train overrides (`{"lr": 1e-4}` or dotted `train.lr=...` strings) applied."""
     raw = run.config.to_dict()
@@ -132,6 +144,7 @@ def resolve_config(run: Run, pairs: str | None, steps: int | None, overrides: di
     raw["train"] = {**raw["train"], **over}
     cfg = from_dict(raw)
     check_train_config(cfg.train)
+    check_training_dtype(cfg.model.dtype)
     return cfg
 
 
@@ -207,20 +220,37 @@ class Dist:
 
 
 # -- models ------------------------------------------------------------------------------------------
-def load_transformer_and_scheduler(cfg: RunConfig):
-    """The initial transformer (the policy's and the reference's weights) and the scheduler config."""
+def load_transformer_and_scheduler(cfg: RunConfig, zero_init: dict | None = None):
+    """The initial transformer (the policy's and the reference's weights) and the scheduler config.
+
+    `zero_init` None: the whole model on this process (the caller moves it to its device and dtype).
+    `zero_init` a DeepSpeed ZeRO-3 config: built under `deepspeed.zero.Init`, partitioned over the ranks
+    from the start, in the config's precision (bf16 when enabled, else fp32), with the same weights
+    (see fyp.dpo.zero3). The tiny model's weights are drawn on the CPU from model.seed either way.
+    """
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
+
+    from ..models import resolve_dtype
+    from .zero3 import WeightSource, build_partitioned, transformer_folder
+
+    dtype = resolve_dtype(cfg.model.dtype)
     if cfg.model.tiny:
         from ..models import build_tiny_components
 
         parts = build_tiny_components(cfg.model.seed, cfg.sampling.max_sequence_length)
-        return parts["transformer"], dict(parts["scheduler"].config)
-    from diffusers import FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
-
-    from ..models import resolve_dtype
-
-    transformer = FluxTransformer2DModel.from_pretrained(cfg.model.pretrained, subfolder="transformer",
-                                                         torch_dtype=resolve_dtype(cfg.model.dtype))
+        transformer, scheduler_config = parts["transformer"], dict(parts["scheduler"].config)
+        if zero_init is not None:
+            transformer = build_partitioned(dict(transformer.config), WeightSource(transformer.state_dict()),
+                                            zero_init, dtype)
+        return transformer, scheduler_config
     scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(cfg.model.pretrained, subfolder="scheduler")
+    if zero_init is None:
+        transformer = FluxTransformer2DModel.from_pretrained(cfg.model.pretrained, subfolder="transformer",
+                                                             torch_dtype=dtype)
+    else:
+        folder = transformer_folder(cfg.model.pretrained)
+        transformer = build_partitioned(FluxTransformer2DModel.load_config(folder), WeightSource.from_folder(folder),
+                                        zero_init, dtype)
     return transformer, dict(scheduler.config)
 
 
@@ -255,7 +285,11 @@ def deepspeed_config(cfg: TrainConfig, world: int, bf16: bool, with_optimizer: b
         ds["optimizer"] = {"type": "AdamW", "params": {"lr": cfg.lr, "weight_decay": cfg.weight_decay,
                                                        "betas": [0.9, 0.999], "eps": 1e-8, "torch_adam": True,
                                                        "adam_w_mode": True}}
-    return ds
+    extra = cfg.options.get("deepspeed") or {}
+    if not isinstance(extra, dict):
+        raise ConfigError(f"train.options.deepspeed must be a mapping (merged into the DeepSpeed config), "
+                          f"got {extra!r}")
+    return _merge(ds, extra)  # e.g. {zero_optimization: {reduce_bucket_size: 5.0e+7}}
 
 
 def unsharded_grad_norm(model) -> float:
@@ -327,6 +361,12 @@ def train(run_dir: Path | str, pairs: str | None = None, *, steps: int | None = 
     cfg = resolve_config(run, pairs, steps, overrides)
     tcfg, name = cfg.train, cfg.train.pairs
     out = output_dir(run.dir, name)
+    # Every rank checks the pairs before any process group exists: a bad input fails alike on all ranks
+    # (one rank raising while the others wait at a barrier would hang them until the gloo/NCCL timeout).
+    index, winner, loser, margin, _ = read_pairs(run.store(mode="r"), name)
+    if tcfg.loss in MARGIN_KINDS and np.isnan(margin).any():
+        raise ConfigError(f"train.loss={tcfg.loss} needs target margins, but pairs/{name} has none "
+                          f"(make the pairs with method capo or caen)")
     dist = Dist()
     rank, world, device = dist.rank, dist.world, dist.device
     dtype = resolve_dtype(cfg.model.dtype)
@@ -334,8 +374,10 @@ def train(run_dir: Path | str, pairs: str | None = None, *, steps: int | None = 
         # Data: rank 0 encodes the pairs once with the frozen VAE and text encoders, outside any zero.Init.
         store = run.store()
         if rank == 0:
-            index, winner, loser, _, _ = read_pairs(store, name)
-            fingerprint = hashlib.sha1(index.tobytes() + winner.tobytes() + loser.tobytes()).hexdigest()
+            # The margin is part of the cache: pairs remade under the same name with the same winners and
+            # losers but another method (ensemble -> caen) must not reuse a cache holding the old margins.
+            fingerprint = hashlib.sha1(index.tobytes() + winner.tobytes() + loser.tobytes()
+                                       + margin.tobytes()).hexdigest()
             group = cache_group(name)
             cached = group in store and store.root[group].attrs.get("complete") and \
                 store.root[group].attrs.get("fingerprint") == fingerprint
@@ -348,45 +390,56 @@ def train(run_dir: Path | str, pairs: str | None = None, *, steps: int | None = 
         dist.barrier()
         store = run.store()
         data = PairData(store, name)
-        if tcfg.loss in MARGIN_KINDS and torch.isnan(data.margin).any():
-            raise ConfigError(f"train.loss={tcfg.loss} needs target margins, but pairs/{name} has none "
-                              f"(make the pairs with method capo or caen)")
 
-        # Models: the initial weights are the policy's start and the frozen reference.
-        transformer, scheduler_config = load_transformer_and_scheduler(cfg)
-        transformer.to(device=device, dtype=dtype)
+        # Models: the initial weights are the policy's start and the frozen reference. Under ZeRO-3 (with
+        # train.zero_init) both are built partitioned, so no rank ever holds a whole model.
+        bf16 = dtype == torch.bfloat16
+        ds_train = deepspeed_config(tcfg, world, bf16)
+        ds_frozen = deepspeed_config(tcfg, world, bf16, with_optimizer=False)
+        zero_init = tcfg.zero_stage == 3 and tcfg.zero_init
+        transformer, scheduler_config = load_transformer_and_scheduler(cfg, ds_train if zero_init else None)
+        if zero_init:
+            held = sum(p.ds_tensor.numel() for p in transformer.parameters())
+            log.info("transformer built partitioned (deepspeed.zero.Init): %d parameters, %d on rank %d",
+                     sum(p.ds_numel for p in transformer.parameters()), held, rank)
+        else:
+            transformer.to(device=device, dtype=dtype)
         guidance_embeds = bool(transformer.config.guidance_embeds)
         shared_noise = tcfg.loss not in MARGIN_KINDS
         draw_kw = dict(seed=tcfg.seed, scheduler_config=scheduler_config, sampling=tcfg.timestep_sampling,
                        shared_noise=shared_noise)
-        ref_cache = ref_model = None
-        if tcfg.ref_cache:
-            key = cache_key(seed=tcfg.seed, sampling=tcfg.timestep_sampling, shared_noise=shared_noise,
-                            mask_loss=tcfg.mask_loss, normalize=tcfg.normalize)
-            ref_cache = load_or_build(store, data, transformer.eval(), epochs=epochs_needed(tcfg, world, data.num_pairs),
-                                      key=key, batch_size=tcfg.batch_size, scheduler_config=scheduler_config,
-                                      device=device, dtype=dtype, rank=rank, world=world,
-                                      guidance_embeds=guidance_embeds, barrier=dist.barrier,
-                                      all_reduce=dist.all_reduce)
-        else:
-            ref_model = copy.deepcopy(transformer).requires_grad_(False).eval()
+        ref_model = None
+        if not tcfg.ref_cache:
+            ref_model = (load_transformer_and_scheduler(cfg, ds_frozen)[0] if zero_init
+                         else copy.deepcopy(transformer)).requires_grad_(False).eval()
         lora = set_trainable(transformer, tcfg)
         if tcfg.gradient_checkpointing:
             transformer.enable_gradient_checkpointing()
         transformer.train()
 
-        bf16 = dtype == torch.bfloat16
         trainable = [p for p in transformer.parameters() if p.requires_grad]
         engine, _, _, _ = deepspeed.initialize(
-            model=transformer, model_parameters=trainable, config=deepspeed_config(tcfg, world, bf16),
+            model=transformer, model_parameters=trainable, config=ds_train,
             lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(
                 opt, lambda s: lr_lambda(s, tcfg.warmup_steps, tcfg.steps, tcfg.lr_schedule)),
         )
         if ref_model is not None and tcfg.zero_stage == 3:
             # The reference sharded like the policy, no optimizer: ZeRO-3 gathers it layer by layer.
-            ref_model, _, _, _ = deepspeed.initialize(model=ref_model,
-                                                      config=deepspeed_config(tcfg, world, bf16, with_optimizer=False))
+            ref_model, _, _, _ = deepspeed.initialize(model=ref_model, config=ds_frozen)
             ref_model.eval()
+        ref_cache = None
+        if tcfg.ref_cache:
+            # The policy engine before any step (and before resume) is the reference. LoRA adds a zero
+            # (lora_B starts at 0); gradient checkpointing is inactive under no_grad.
+            key = cache_key(seed=tcfg.seed, sampling=tcfg.timestep_sampling, shared_noise=shared_noise,
+                            mask_loss=tcfg.mask_loss, normalize=tcfg.normalize)
+            engine.eval()
+            ref_cache = load_or_build(store, data, engine, epochs=epochs_needed(tcfg, world, data.num_pairs),
+                                      key=key, batch_size=tcfg.batch_size, scheduler_config=scheduler_config,
+                                      device=device, dtype=dtype, rank=rank, world=world,
+                                      guidance_embeds=guidance_embeds, barrier=dist.barrier,
+                                      all_reduce=dist.all_reduce, lockstep=tcfg.zero_stage == 3)
+            engine.train()
 
         # Resume: DeepSpeed restores weights, optimizer and LR schedule; draws and order are stateless.
         ckpt_dir = out / "checkpoints"
