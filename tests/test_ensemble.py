@@ -175,6 +175,7 @@ def test_caen_with_unit_weights_and_no_ties_orders_like_the_vanilla_ensemble():
 
 
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+@pytest.mark.filterwarnings("ignore:divide by zero encountered:RuntimeWarning")
 @pytest.mark.parametrize("backend", ["cpp", "triton"])
 @pytest.mark.parametrize("mode", ["min", "average", "dense", "caen", "capo"])
 def test_kernels_match_naive(backend, mode):

@@ -329,4 +329,4 @@ def test_training_on_two_gpus_srun_requeue_resume(cluster, tmp_path):
     finalize = [e for e in ledger.read(run) if e["stage"] == "train" and e["kind"] == "finalize"][-1]["job_id"]
     assert slurm.wait([finalize], poll_seconds=1, timeout=300)[str(finalize)].state == "COMPLETED"
     out = cli("status", "--run", run, "--stage", "train").stdout
-    assert re.search(r"^train\s+60/60\s+0\s+0\s+0\s+1\s+0\s+0\s+done", out, re.M), out
+    assert re.search(r"^train\s+60/60\s+0\s+0\s+0\s+1\s+0\s+0\s+0\s+done", out, re.M), out
