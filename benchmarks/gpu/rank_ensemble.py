@@ -56,7 +56,7 @@ def check(device: torch.device, n: int) -> list[str]:
         s = s.to(device)
         w = torch.rand(m, generator=g).to(device)
         w[0] = 0.0
-        for mode in MODES:
+        for mode in MODES if k <= 16 else ("average",):  # K = 32 compiles ~10 s per mode: one is enough
             for weights in (None, w):
                 b = ensemble(s, mode, weights, backend="reference", seed=3, sample_offset=17)
                 for variant in ("rows", "loop"):
