@@ -233,3 +233,28 @@ def test_cpp_build_error_is_clear_without_a_compiler(monkeypatch):
     monkeypatch.setenv("CXX", "no-such-compiler-xyz")
     with pytest.raises(cpp.KernelBuildError, match="needs a C\\+\\+ compiler"):
         cpp.load()
+
+
+def test_sass_report_finds_loops_and_alternative_paths():
+    """The report's parser on a hand-written nvdisasm listing: a loop with an if/else inside."""
+    from kernels.benchmarks.sass_report import parse_sass
+
+    text = """
+        /*0000*/                   MOV R1, c[0x0][0x28] ;
+.L_x_0:
+        /*0010*/                   LDG.E R2, desc[UR4][R4.64] ;
+        /*0020*/              @!P0 BRA `(.L_x_1) ;
+        /*0030*/                   FADD R3, R2, R2 ;
+        /*0040*/                   FADD R3, R3, R2 ;
+        /*0050*/                   BRA `(.L_x_2) ;
+.L_x_1:
+        /*0060*/                   FMUL R3, R2, R2 ;
+.L_x_2:
+        /*0070*/                   ISETP.NE.AND P1, PT, R5, RZ, PT ;
+        /*0080*/               @P1 BRA `(.L_x_0) ;
+        /*0090*/                   EXIT ;
+"""
+    instructions, loops, diamonds = parse_sass(text)
+    assert len(instructions) == 10 and instructions[0].startswith("MOV")
+    assert loops == [(1, 8)]  # LDG .. the backward branch
+    assert diamonds == [(2, 6, 7)]  # the branch, the else block (FMUL), the join (ISETP)
