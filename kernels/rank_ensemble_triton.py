@@ -161,14 +161,19 @@ def _rank_ensemble_forward_kernel(
 
 
 VARIANTS = ("rows", "loop", "tile")
-# One sample per thread needs tuples and constexpr functions in the Triton frontend (3.5+).
-ROWS_AVAILABLE = hasattr(triton, "constexpr_function")
+HASH_CONSTANTS = dict(H_SAMPLE=HASH_SAMPLE, H_CAND=HASH_CANDIDATE, H_FMIX1=FMIX_1, H_FMIX2=FMIX_2)
 
 
 def default_variant(k: int) -> str:
     """rows (one sample per thread) up to K = 32; beyond, its unrolled K^2 code and 3 K registers per
-    thread grow too large, and the loop variant takes over."""
-    return "rows" if ROWS_AVAILABLE and k <= MAX_ROWS_CANDIDATES else "loop"
+    thread grow too large, and the loop variant takes over (also on a Triton without rows: limit 0)."""
+    return "rows" if k <= MAX_ROWS_CANDIDATES else "loop"
+
+
+def default_maxnreg(k: int) -> int:
+    """The rows kernel's register cap: ptxas takes ~175 registers at K = 16 unless capped; 96 compiles
+    without spills and lets 5 instead of 2 blocks of 4 warps share an SM. K = 32 needs 128."""
+    return 96 if triton.next_power_of_2(k) <= 16 else 128
 
 
 def default_block_n(k: int, variant: str = "loop", num_warps: int = 4) -> int:
@@ -181,6 +186,24 @@ def default_block_n(k: int, variant: str = "loop", num_warps: int = 4) -> int:
     if variant == "loop":
         return max(1, min(256, 256 // block_k))
     return max(1, min(128, 8192 // (block_k * block_k)))
+
+
+def runtime_sizes(variant: str, n: int, m: int, k: int) -> tuple[int, ...]:
+    """The size arguments after the output pointers: rows takes K as a constexpr, the others at run time."""
+    return (n, m) if variant == "rows" else (n, m, k)
+
+
+def kernel_and_constants(variant: str, k: int, mode_id: int, block_n: int, *, fast_rcp: bool,
+                         prefetch: bool = False):
+    """The jitted kernel of `variant` and its constexpr arguments (shared by the launcher and the SASS
+    report, so the report compiles exactly what runs)."""
+    block_k = triton.next_power_of_2(k)
+    if variant == "rows":
+        return rank_ensemble_rows_kernel, dict(
+            K=k, MODE=mode_id, BLOCK_N=block_n, BLOCK_K=block_k, LOG_K=block_k.bit_length() - 1,
+            FAST_RCP=fast_rcp, PREFETCH=prefetch, **HASH_CONSTANTS)
+    return _rank_ensemble_forward_kernel, dict(MODE=mode_id, BLOCK_N=block_n, BLOCK_K=block_k,
+                                               LOOP=variant == "loop", **HASH_CONSTANTS)
 
 
 def rank_ensemble_triton(scores: torch.Tensor, weights: torch.Tensor, mode_id: int, seed_term: int,
@@ -199,6 +222,8 @@ def rank_ensemble_triton(scores: torch.Tensor, weights: torch.Tensor, mode_id: i
     variant = variant or default_variant(k)
     if variant not in VARIANTS:
         raise ValueError(f"unknown Triton variant {variant!r}; valid: {', '.join(VARIANTS)}")
+    if variant == "rows" and rank_ensemble_rows_kernel is None:
+        raise ValueError(f"the rows variant needs Triton >= 3.5 (this is {triton.__version__}); use variant='loop'")
     if variant == "rows" and k > MAX_ROWS_CANDIDATES:
         raise ValueError(f"the rows variant handles K <= {MAX_ROWS_CANDIDATES}, got K = {k}; use variant='loop'")
     scores = scores.contiguous()
@@ -216,19 +241,14 @@ def rank_ensemble_triton(scores: torch.Tensor, weights: torch.Tensor, mode_id: i
     grid = (triton.cdiv(n, block_n),)
     seed_i32 = seed_term - (1 << 32) if seed_term >= (1 << 31) else seed_term  # same bits, an i32 argument
     launch = {} if _INTERPRET else {"num_warps": num_warps, "enable_fp_fusion": False}
-    hashes = dict(H_SAMPLE=HASH_SAMPLE, H_CAND=HASH_CANDIDATE, H_FMIX1=FMIX_1, H_FMIX2=FMIX_2)
     if variant == "rows":
-        block_k = triton.next_power_of_2(k)
-        if maxnreg is None:  # ptxas takes ~175 registers at K = 16 unless capped; 96 compiles without spills
-            maxnreg = 96 if block_k <= 16 else 128  # and lets 5 instead of 2 blocks of 4 warps share an SM
+        maxnreg = default_maxnreg(k) if maxnreg is None else maxnreg
         if maxnreg and not _INTERPRET:
             launch["maxnreg"] = maxnreg
-        rank_ensemble_rows_kernel[grid](
-            scores, weights, values, winner, loser, used, status, n, m, seed_i32, sample_offset, capo_tol,
-            K=k, MODE=mode_id, BLOCK_N=block_n, BLOCK_K=block_k, LOG_K=block_k.bit_length() - 1,
-            FAST_RCP=not _INTERPRET, PREFETCH=prefetch, **hashes, **launch,
-        )
-        return values, winner, loser, used, status
+    kernel, constants = kernel_and_constants(variant, k, mode_id, block_n, fast_rcp=not _INTERPRET, prefetch=prefetch)
+    kernel[grid](scores, weights, values, winner, loser, used, status, *runtime_sizes(variant, n, m, k),
+                 seed_i32, sample_offset, capo_tol, **constants, **launch)
+    return values, winner, loser, used, status
     _rank_ensemble_forward_kernel[grid](
         scores, weights, values, winner, loser, used, status,
         n, m, k, seed_i32, sample_offset, capo_tol,

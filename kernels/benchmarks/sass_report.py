@@ -28,17 +28,21 @@ import sys
 import tempfile
 from pathlib import Path
 
-import triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
+if __name__ == "__main__":  # compile for real: under TRITON_INTERPRET triton.jit makes interpreter functions
+    os.environ.pop("TRITON_INTERPRET", None)
 
-from kernels.rank_ensemble_reference import FMIX_1, FMIX_2, HASH_CANDIDATE, HASH_SAMPLE, MODES
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
+
+from kernels.rank_ensemble_reference import MODES  # noqa: E402
+from kernels.rank_ensemble_triton import (default_block_n, default_maxnreg, kernel_and_constants,  # noqa: E402
+                                          runtime_sizes)
 
 # 1.755 GHz: a conservative sustained clock (the SXM part boosts to 1.98 GHz)
-H100_SXM = dict(name="H100 SXM", sms=132, clock_hz=1.755e9, hbm_bytes_per_s=3.35e12)
+H100_SXM = dict(name="H100 SXM", sms=132, clock_hz=1.755e9)
 _POINTERS = {"scores_ptr": "*fp32", "weights_ptr": "*fp32", "values_ptr": "*fp32", "winner_ptr": "*i32",
              "loser_ptr": "*i32", "used_ptr": "*i32", "status_ptr": "*i8"}
-_HASHES = dict(H_SAMPLE=HASH_SAMPLE, H_CAND=HASH_CANDIDATE, H_FMIX1=FMIX_1, H_FMIX2=FMIX_2)
 
 
 def nvidia_tool(name: str) -> str:
@@ -53,22 +57,13 @@ def nvidia_tool(name: str) -> str:
 
 def compile_kernel(variant: str, mode: str, k: int, num_warps: int, block_n: int | None, arch: int,
                    maxnreg: int | None = None, prefetch: bool = False):
-    """Compile one kernel configuration for `sm_{arch}`; returns Triton's compiled object."""
-    from kernels.rank_ensemble_triton import _rank_ensemble_forward_kernel, default_block_n
-    from kernels.rank_ensemble_triton_rows import rank_ensemble_rows_kernel
-
-    block_k = triton.next_power_of_2(k)
+    """Compile one kernel configuration for `sm_{arch}`, as the launcher would run it on a GPU; returns
+    Triton's compiled object."""
     block_n = block_n or default_block_n(k, variant, num_warps)
-    signature = dict(_POINTERS)
-    if variant == "rows":
-        fn = rank_ensemble_rows_kernel
-        signature.update(N="i32", M="i32", seed_term="i32", sample_offset="i32", capo_tol="fp32")
-        constants = dict(K=k, MODE=MODES.index(mode), BLOCK_N=block_n, BLOCK_K=block_k,
-                         LOG_K=block_k.bit_length() - 1, FAST_RCP=True, PREFETCH=prefetch, **_HASHES)
-    else:
-        fn = _rank_ensemble_forward_kernel
-        signature.update(N="i32", M="i32", K="i32", seed_term="i32", sample_offset="i32", capo_tol="fp32")
-        constants = dict(MODE=MODES.index(mode), BLOCK_N=block_n, BLOCK_K=block_k, LOOP=variant == "loop", **_HASHES)
+    fn, constants = kernel_and_constants(variant, k, MODES.index(mode), block_n, fast_rcp=True, prefetch=prefetch)
+    sizes = ("N", "M", "K")[:len(runtime_sizes(variant, 0, 0, k))]
+    signature = dict(_POINTERS, **{name: "i32" for name in sizes}, seed_term="i32", sample_offset="i32",
+                     capo_tol="fp32")
     signature.update({name: "constexpr" for name in constants})
     options = {"num_warps": num_warps, "enable_fp_fusion": False}
     if maxnreg:
@@ -107,14 +102,14 @@ def parse_sass(text: str) -> tuple[list[str], list[tuple[int, int]], list[tuple[
 def resource_usage(cubin: Path) -> dict:
     out = subprocess.run([nvidia_tool("cuobjdump"), "--dump-resource-usage", str(cubin)], capture_output=True,
                          text=True, check=True).stdout
-    found = dict(re.findall(r"(REG|LOCAL|SHARED):(\d+)", out))
+    found = dict(re.findall(r"(REG|LOCAL):(\d+)", out))
     return {"registers": int(found.get("REG", 0)), "local_bytes": int(found.get("LOCAL", 0))}
 
 
 def report(variant: str, mode: str, k: int, m: int, num_warps: int, arch: int, block_n: int | None = None,
            maxnreg: int | None = None, prefetch: bool = False, device: dict = H100_SXM) -> dict:
     if maxnreg is None and variant == "rows":  # the launcher's default cap
-        maxnreg = 96 if triton.next_power_of_2(k) <= 16 else 128
+        maxnreg = default_maxnreg(k)
     compiled = compile_kernel(variant, mode, k, num_warps, block_n, arch, maxnreg or None, prefetch)
     with tempfile.TemporaryDirectory() as tmp:
         cubin = Path(tmp) / "kernel.cubin"
@@ -180,5 +175,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    os.environ.pop("TRITON_INTERPRET", None)  # compile for real: the interpreter has no code to report
     sys.exit(main())
