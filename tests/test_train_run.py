@@ -234,6 +234,7 @@ def test_bf16_zero3_keeps_fp32_master_weights(single, base_run):
     assert rows[0]["grad_norm"] > 0 and rows[-1]["loss"] != rows[0]["loss"]
 
     ckpt = run_dir / "train" / PAIRS / "checkpoints" / "step-000002"
+    # DeepSpeed checkpoint files this test just wrote (trusted; they pickle non-tensor state)
     model_states = torch.load(ckpt / "zero_pp_rank_0_mp_rank_00_model_states.pt", map_location="cpu",
                               weights_only=False)
     assert {v.dtype for v in model_states["module"].values()} == {torch.bfloat16}
