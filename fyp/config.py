@@ -92,6 +92,8 @@ class TrainConfig:
     trainable: str = "all"  # all | attention | lora
     lora_rank: int = 16
     ref_cache: bool = False
+    encode_batch: int = 8  # pairs per VAE / text-encoder call when building the latent cache
+    dist_timeout_minutes: float = 120.0  # longest wait at a collective (the latent cache's encoding)
     checkpoint_every: int = 10
     zero_stage: int = 3
     zero_init: bool = True  # zero_stage 3: build the policy and reference partitioned (deepspeed.zero.Init)

@@ -141,6 +141,28 @@ def test_missing_checkpoint_is_a_clear_error(evaluated):
             run, {"benchmark": "rorem", "model": "baseline"})
 
 
+def test_a_transformer_of_another_model_is_a_clear_error(evaluated, tmp_path):
+    """A trained transformer replaces the base one, which is not loaded; its width is checked against
+    the run's VAE (FLUX Fill's in_channels = 8 C + 4 s^2)."""
+    from diffusers import FluxTransformer2DModel
+
+    from fyp.evaluation.stage import _pipeline
+    from fyp.evaluation.targets import targets
+
+    run, _ = evaluated
+    trained = run.dir / "train" / "single" / "transformer"
+    config = dict(FluxTransformer2DModel.load_config(trained))
+    wrong = tmp_path / "wide" / "transformer"
+    FluxTransformer2DModel.from_config({**config, "in_channels": config["in_channels"] + 4}).save_pretrained(wrong)
+    (target,) = targets(run, {"model": str(wrong)})
+    with pytest.raises(EvalError, match=f"has {config['in_channels'] + 4} input channels but this run's model "
+                                        f"has {config['in_channels']}"):
+        _pipeline(run, target)
+    (good,) = targets(run, {"model": str(trained)})
+    pipe = _pipeline(run, good)
+    assert pipe.transformer.config.in_channels == config["in_channels"]
+
+
 def _png(path, array):
     from PIL import Image
 

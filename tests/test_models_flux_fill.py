@@ -168,3 +168,31 @@ def test_denoise_reproduces_the_diffusers_pipeline(pipe, sample, monkeypatch):
     finally:
         torch.set_num_threads(threads)
     torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
+
+
+def test_encoders_only_pipeline_never_reads_the_transformer(pipe, sample, tmp_path, monkeypatch):
+    """`with_transformer=False` (the trainer's latent cache, eval of a trained transformer): the VAE and
+    text encoders give the same encodings, and a checkpoint whose transformer weights are gone still
+    loads, so they were never read."""
+    from fyp.models.flux_fill import fill_in_channels
+
+    cfg = load_preset("tiny")
+    assert fill_in_channels(pipe) == pipe.transformer.config.in_channels
+    bare = build_pipeline(cfg.model, max_sequence_length=cfg.sampling.max_sequence_length, with_transformer=False)
+    assert bare.transformer is None and fill_in_channels(bare) == fill_in_channels(pipe)
+    image, mask = sample
+    assert torch.equal(encode_condition(bare, image, mask), encode_condition(pipe, image, mask))
+    assert torch.equal(encode_image_latents(bare, image[None]), encode_image_latents(pipe, image[None]))
+    ours, theirs = encode_prompt(bare, ["a red circle"], 16), encode_prompt(pipe, ["a red circle"], 16)
+    assert torch.equal(ours.prompt_embeds, theirs.prompt_embeds) and torch.equal(ours.pooled, theirs.pooled)
+
+    folder = tmp_path / "flux-fill"
+    pipe.save_pretrained(folder)
+    (folder / "transformer" / "diffusion_pytorch_model.safetensors").unlink()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model = ModelConfig(tiny=False, pretrained=str(folder))
+    loaded = build_pipeline(model, max_sequence_length=16, with_transformer=False)
+    assert loaded.transformer is None
+    assert torch.equal(encode_condition(loaded, image, mask), encode_condition(pipe, image, mask))
+    with pytest.raises(ModelError, match="cannot load FLUX.1 Fill"):
+        build_pipeline(model, max_sequence_length=16)

@@ -85,11 +85,53 @@ def test_metrics_are_logged_every_step(single):
 
 
 def test_zero3_two_processes_match_one(single, base_run):
+    """Two ranks share the latent cache's encoding (chunks of 3 pairs dealt round-robin) and build the
+    reference as a partition-to-partition copy of the policy. The cache is bit-identical to one process
+    encoding the same chunks; the losses match one process's to 1e-4."""
+    from fyp.dpo.data import build_cache, cache_group
+    from fyp.models import build_pipeline
+    from fyp.run import Run
+
     run_dir = _copy(base_run, "two")
-    _train(run_dir, *COMMON, "--set", "train.batch_size=1", procs=2)
+    proc = _train(run_dir, *COMMON, "--set", "train.batch_size=1", "--set", "train.encode_batch=3", procs=2)
+    assert "over 2 process(es)" in proc.stderr
     np.testing.assert_allclose(_losses(run_dir), _losses(single), rtol=1e-4, atol=1e-5)
     accuracy = [r["implicit_accuracy"] for r in read_metrics(run_dir, PAIRS)]
     assert accuracy == [r["implicit_accuracy"] for r in read_metrics(single, PAIRS)]
+
+    alone = Run.open(_copy(base_run, "cache-one-process"))
+    cfg = alone.config
+    pipe = build_pipeline(cfg.model, max_sequence_length=cfg.sampling.max_sequence_length, with_transformer=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the training processes (OMP_NUM_THREADS=1): the same reduction order
+    try:
+        build_cache(alone.store(), pipe, PAIRS, cfg.sampling.max_sequence_length, chunk=3)
+    finally:
+        torch.set_num_threads(threads)
+    ours, theirs, group = Run.open(run_dir).store(), alone.store(), cache_group(PAIRS)
+    assert ours.root[group].attrs["pairs"] > 6  # three chunks: ranks 0, 1, 0
+    for key in ("sample", "latent_w", "latent_l", "condition", "loss_mask", "prompt_embeds", "pooled", "margin"):
+        np.testing.assert_array_equal(ours[f"{group}/{key}"][:], theirs[f"{group}/{key}"][:], err_msg=key)
+
+
+def test_a_rank_failing_to_encode_stops_every_rank_with_its_error(base_run):
+    """A corrupt sample image in the chunk rank 1 encodes: rank 1 raises the read error and rank 0 says
+    which rank failed; neither waits at a barrier (gloo's timeout is 30 minutes). The cache is left
+    incomplete, so the next run rebuilds it."""
+    from fyp.dpo.data import cache_group, read_pairs
+    from fyp.run import Run
+
+    run_dir = _copy(base_run, "corrupt")
+    index = read_pairs(Run.open(run_dir).store(mode="r"), PAIRS)[0]
+    chunk = run_dir / "store.zarr" / "samples" / "image" / "c" / str(index[4]) / "0" / "0" / "0"
+    chunk.write_bytes(b"not zstd")  # pair 4: the second chunk of 3, rank 1's
+    proc = _train(run_dir, *COMMON, "--set", "train.batch_size=1", "--set", "train.encode_batch=3", procs=2,
+                  check=False)
+    assert proc.returncode != 0
+    assert f"fyp.dpo.train: rank 1 failed while encoding pairs into train/{PAIRS}; see its log" in proc.stderr
+    assert f"cannot read samples/image[{index[4]}] (" in proc.stderr
+    assert "fyp/dpo/data.py" not in proc.stderr  # one-line errors, no worker traceback (torchrun prints its own)
+    assert not Run.open(run_dir).store().root[cache_group(PAIRS)].attrs.get("complete", False)
 
 
 def test_resume_reproduces_the_loss_sequence(single, base_run):

@@ -202,3 +202,9 @@ def test_deepspeed_config_takes_extra_settings():
     assert merged["zero_optimization"] == {**base["zero_optimization"], "reduce_bucket_size": 100}
     with pytest.raises(ConfigError, match="train.options.deepspeed"):
         deepspeed_config(TrainConfig(options={"deepspeed": 3}), 1, False)
+    from fyp.dpo.zero3 import copies_partitions
+
+    assert copies_partitions(merged)  # the reference is copied partition to partition
+    nvme = TrainConfig(zero_stage=3, options={"deepspeed": {"zero_optimization": {
+        "offload_param": {"device": "nvme", "nvme_path": "/local"}}}})
+    assert not copies_partitions(deepspeed_config(nvme, 2, True))  # no partition in memory: read again

@@ -1,6 +1,7 @@
 """The training set of preference pairs: read from `pairs/<name>`, encoded once into `train/<name>/` of the store.
 
-Cache layout (written by the single train task, rank 0, before training; P = number of usable pairs):
+Cache layout (written by the train task's ranks before training, chunks of pairs dealt round-robin;
+P = number of usable pairs):
 
     train/<name>/sample       int64   [P]         sample index n of each pair
     train/<name>/latent_w     float32 [P, L, 4C]  packed VAE latents (posterior mean) of the winner
@@ -21,15 +22,17 @@ Pair order is the sample order; the trainer shuffles by index (`fyp.dpo.train.gl
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from ..models import encode_condition, encode_image_latents, encode_prompt, pack_latents
 from ..store import RunStore, StoreError
 
-ENCODE_CHUNK = 8  # samples encoded per VAE / text-encoder call
+ENCODE_CHUNK = 8  # pairs encoded per VAE / text-encoder call (train.encode_batch)
 
 
 class PairsError(RuntimeError):
@@ -78,14 +81,57 @@ def hole_at_latent(mask: np.ndarray, scale: int) -> np.ndarray:
     return (blocks.max(axis=(2, 4)) > 0).astype(np.float32)[:, None]
 
 
-def build_cache(store: RunStore, pipe, name: str, max_sequence_length: int) -> None:
-    """Encode every usable pair once (winner, loser, condition, prompt) into `train/<name>/`."""
+class PeerFailed(RuntimeError):
+    """Another rank failed (its own log holds the error); this rank stops too."""
+
+
+def _read(store: RunStore, array, key: str, index) -> np.ndarray:
+    """array[index], or a StoreError naming the array and the element (a damaged chunk, a lost file)."""
+    try:
+        return array[index]
+    except Exception as exc:  # noqa: BLE001 - zarr / codec errors have many types
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise StoreError(f"{store.path}: cannot read {key}[{index}] ({first}); that part of the store is damaged: "
+                         f"re-run the stage that wrote it") from None
+
+
+class _Alone:
+    """The collectives of a single process (no process group)."""
+
+    def barrier(self) -> None:
+        pass
+
+    def all_reduce(self, tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
+        return tensor
+
+
+def _all_ok(comm, error: BaseException | None, rank: int, what: str) -> None:
+    """Raise on every rank when any rank failed `what` (a rank raising alone would leave the others waiting
+    at the next collective until the gloo / NCCL timeout)."""
+    failed = comm.all_reduce(torch.tensor([0.0 if error is None else float(rank + 1)]), op="max")
+    if error is not None:
+        raise error
+    if failed.item() > 0:
+        raise PeerFailed(f"rank {int(failed.item()) - 1} failed while {what}; see its log")
+
+
+def build_cache(store: RunStore, pipe, name: str, max_sequence_length: int, *, rank: int = 0, world: int = 1,
+                comm=None, chunk: int = ENCODE_CHUNK, progress: bool = False) -> None:
+    """Encode every usable pair once (winner, loser, condition, prompt) into `train/<name>/`.
+
+    Over `world` processes (`comm`: barrier and all_reduce) the chunks of `chunk` pairs are dealt
+    round-robin. Rank 0 first encodes chunk 0, which fixes the arrays' shapes, and creates them; every
+    array has one pair per chunk, so the ranks never write the same zarr chunk. A chunk is encoded alike
+    on any rank, so the cache does not depend on the number of processes. Rank 0 marks it complete last.
+    """
+    comm = comm or _Alone()
     index, winner, loser, margin, attrs = read_pairs(store, name)
     group = cache_group(name)
-    if group in store:
-        del store.root[group]  # an incomplete or stale cache: rebuild from scratch
     count = len(index)
     scale = pipe.vae_scale_factor
+    images, masks, prompts = store["candidates/image"], store["samples/mask"], store["samples/prompt"]
+    sample_images = store["samples/image"]
+    saved = store["candidates/latent"] if "candidates/latent" in store else None
     arrays: dict = {}
 
     def put(key: str, start: int, value: torch.Tensor | np.ndarray) -> None:
@@ -95,32 +141,59 @@ def build_cache(store: RunStore, pipe, name: str, max_sequence_length: int) -> N
                                              chunks=(1, *value.shape[1:]), dtype=value.dtype, fill_value=0)
         arrays[key][start:start + len(value)] = value
 
-    images, masks, prompts = store["candidates/image"], store["samples/mask"], store["samples/prompt"]
-    saved = store["candidates/latent"] if "candidates/latent" in store else None
-    for start in range(0, count, ENCODE_CHUNK):
-        rows = slice(start, min(count, start + ENCODE_CHUNK))
-        samples = index[rows]
-        image = np.stack([images[n] for n in samples])  # [b, K, H, W, 3]
-        pick = np.arange(len(samples))
-        mask = np.stack([masks[n] for n in samples])
+    def encode(start: int) -> None:
+        rows = slice(start, min(count, start + chunk))
+        samples = [int(n) for n in index[rows]]
+        mask = np.stack([_read(store, masks, "samples/mask", n) for n in samples])
         for key, side in (("latent_w", winner[rows]), ("latent_l", loser[rows])):
             if saved is not None:  # the sampler's own final latents: exactly what was decoded and scored
-                latents = torch.from_numpy(np.stack([saved[n, k] for n, k in zip(samples, side)]).astype(np.float32))
+                latents = torch.from_numpy(np.stack([_read(store, saved, "candidates/latent", (n, int(k)))
+                                                     for n, k in zip(samples, side)]).astype(np.float32))
             else:
-                latents = encode_image_latents(pipe, image[pick, side])
+                latents = encode_image_latents(pipe, np.stack([_read(store, images, "candidates/image", (n, int(k)))
+                                                               for n, k in zip(samples, side)]))
             put(key, start, pack_latents(latents))
         # The condition comes from the original (masked) sample image, as when sampling.
-        source = np.stack([store["samples/image"][n] for n in samples])
+        source = np.stack([_read(store, sample_images, "samples/image", n) for n in samples])
         put("condition", start, encode_condition(pipe, source, mask))
         put("loss_mask", start, pack_latents(torch.from_numpy(hole_at_latent(mask, scale))))
-        text = encode_prompt(pipe, [str(prompts[n]) for n in samples], max_sequence_length)
+        text = encode_prompt(pipe, [str(_read(store, prompts, "samples/prompt", n)) for n in samples],
+                             max_sequence_length)
         put("prompt_embeds", start, text.prompt_embeds)
         put("pooled", start, text.pooled)
-    put("sample", 0, index)
-    put("margin", 0, margin)
-    latent_hw = [store.shape.height // scale, store.shape.width // scale]
-    store.root[group].attrs.update(dict(pairs=count, method=attrs.get("method", name), latent_hw=latent_hw,
-                                        max_sequence_length=int(max_sequence_length), complete=True))
+
+    starts = list(range(0, count, chunk))
+    mine = starts[1:][(rank - 1) % world::world]  # rank 0 holds chunk 0 already
+    bar = tqdm(total=len(starts), desc=f"encode {name}", unit="chunk", file=sys.stderr,
+               disable=not progress or rank != 0)
+    error = None
+    if rank == 0:
+        try:
+            if group in store:
+                del store.root[group]  # an incomplete or stale cache: rebuild from scratch
+            encode(0)
+            put("sample", 0, index)
+            put("margin", 0, margin)
+        except Exception as exc:  # noqa: BLE001 - re-raised on this rank by _all_ok
+            error = exc
+    _all_ok(comm, error, rank, f"creating {group}")
+    bar.update(1)
+    if rank != 0:
+        arrays.update({key: store[f"{group}/{key}"] for key in
+                       ("latent_w", "latent_l", "condition", "loss_mask", "prompt_embeds", "pooled")})
+    try:
+        for start in mine:
+            encode(start)
+            bar.update(min(world, bar.total - bar.n))  # the other ranks advance alike
+    except Exception as exc:  # noqa: BLE001
+        error = exc
+    bar.close()
+    _all_ok(comm, error, rank, f"encoding pairs into {group}")
+    if rank == 0:
+        latent_hw = [store.shape.height // scale, store.shape.width // scale]
+        store.root[group].attrs.update(dict(pairs=count, method=attrs.get("method", name), latent_hw=latent_hw,
+                                            max_sequence_length=int(max_sequence_length), complete=True))
+    comm.barrier()
 
 
 class PairData:

@@ -35,15 +35,16 @@ def heldout_brightness(run: Run, transformer_path: Path | str | None, samples: i
     Same held-out samples, prompts and noise seeds for every model, so only the transformer differs.
     """
     from ..data.synthetic import SyntheticReader
-    from ..models import build_pipeline
+    from ..models import build_pipeline, resolve_dtype
     from ..rewards.brightness import hole_luminance
     from ..sampling.generate import generate_candidates
     from .export import load_exported
 
     cfg = run.config
-    pipe = build_pipeline(cfg.model, max_sequence_length=cfg.sampling.max_sequence_length)
+    pipe = build_pipeline(cfg.model, max_sequence_length=cfg.sampling.max_sequence_length,
+                          with_transformer=transformer_path is None)
     if transformer_path is not None:
-        pipe.transformer = load_exported(transformer_path, pipe.transformer.dtype).to(pipe.transformer.device)
+        pipe.transformer = load_exported(transformer_path, resolve_dtype(cfg.model.dtype)).to(pipe.vae.device)
     reader = SyntheticReader(cfg.data.resolution, seed=cfg.seed, split="heldout")
     out = []
     for index in range(samples):

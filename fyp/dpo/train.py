@@ -42,7 +42,7 @@ from ..config import ConfigError, RunConfig, TrainConfig, _merge, from_dict, par
 from ..run import Run, atomic_write_text
 from ..store import StoreError
 from . import launch
-from .data import PairData, PairsError, build_cache, cache_group, read_pairs
+from .data import PairData, PairsError, PeerFailed, build_cache, cache_group, read_pairs
 from .flow import TIMESTEP_SAMPLING, draw_pairs, image_ids, noisy_and_target, predict
 from .losses import KINDS, MARGIN_KINDS, NORMALIZE, preference_terms
 from .metrics import METRIC_NAMES, preference_metrics
@@ -105,9 +105,10 @@ def check_train_config(cfg: TrainConfig) -> None:
          f"train.timestep_sampling must be one of {', '.join(TIMESTEP_SAMPLING)}, got {cfg.timestep_sampling!r}"),
         (cfg.lr_schedule in LR_SCHEDULES, f"train.lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {cfg.lr_schedule!r}"),
         (cfg.zero_stage in (0, 1, 2, 3), f"train.zero_stage must be 0, 1, 2 or 3, got {cfg.zero_stage}"),
-        (cfg.steps >= 1 and cfg.batch_size >= 1 and cfg.grad_accum >= 1,
-         "train.steps, train.batch_size and train.grad_accum must be >= 1"),
+        (cfg.steps >= 1 and cfg.batch_size >= 1 and cfg.grad_accum >= 1 and cfg.encode_batch >= 1,
+         "train.steps, train.batch_size, train.grad_accum and train.encode_batch must be >= 1"),
         (cfg.beta > 0 and cfg.lr > 0, "train.beta and train.lr must be > 0"),
+        (cfg.dist_timeout_minutes > 0, "train.dist_timeout_minutes must be > 0"),
         (cfg.checkpoint_every >= 0 and cfg.warmup_steps >= 0, "train.checkpoint_every and train.warmup_steps must be >= 0"),
     ]
     for ok, message in checks:
@@ -184,7 +185,9 @@ def epochs_needed(cfg: TrainConfig, world: int, num_pairs: int) -> int:
 class Dist:
     """The process group (initialised here when the caller has not) and its small collectives."""
 
-    def __init__(self):
+    def __init__(self, timeout_minutes: float = 30.0):
+        import datetime
+
         import torch.distributed as dist
 
         self.dist = dist
@@ -195,7 +198,10 @@ class Dist:
             import deepspeed
 
             backend = "nccl" if torch.cuda.is_available() else "gloo"
-            deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
+            # The timeout bounds the longest wait at a collective: the latent cache's encoding (a share
+            # of the pairs per rank) runs between two of them.
+            deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False,
+                                       timeout=datetime.timedelta(minutes=timeout_minutes))
         self.device = torch.device(f"cuda:{self.local_rank}") if torch.cuda.is_available() else torch.device("cpu")
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
@@ -355,6 +361,7 @@ def train(run_dir: Path | str, pairs: str | None = None, *, steps: int | None = 
     from ..models import build_pipeline, resolve_dtype
     from .export import export_transformer, gather_state_dict
     from .ref_cache import cache_key, load_or_build
+    from .zero3 import copies_partitions, partitioned_copy
 
     begin = time.time()
     run = Run.open(run_dir)
@@ -367,26 +374,31 @@ def train(run_dir: Path | str, pairs: str | None = None, *, steps: int | None = 
     if tcfg.loss in MARGIN_KINDS and np.isnan(margin).any():
         raise ConfigError(f"train.loss={tcfg.loss} needs target margins, but pairs/{name} has none "
                           f"(make the pairs with method capo or caen)")
-    dist = Dist()
+    dist = Dist(tcfg.dist_timeout_minutes)
     rank, world, device = dist.rank, dist.world, dist.device
     dtype = resolve_dtype(cfg.model.dtype)
     try:
-        # Data: rank 0 encodes the pairs once with the frozen VAE and text encoders, outside any zero.Init.
+        # Data: the ranks encode the pairs once with the frozen VAE and text encoders (the transformer is
+        # not loaded for it), outside any zero.Init, each a share of the chunks.
         store = run.store()
-        if rank == 0:
-            # The margin is part of the cache: pairs remade under the same name with the same winners and
-            # losers but another method (ensemble -> caen) must not reuse a cache holding the old margins.
-            fingerprint = hashlib.sha1(index.tobytes() + winner.tobytes() + loser.tobytes()
-                                       + margin.tobytes()).hexdigest()
-            group = cache_group(name)
-            cached = group in store and store.root[group].attrs.get("complete") and \
-                store.root[group].attrs.get("fingerprint") == fingerprint
-            if not cached:
-                log.info("encoding %d pairs of %s into %s", len(index), name, group)
-                pipe = build_pipeline(cfg.model, device=device, max_sequence_length=cfg.sampling.max_sequence_length)
-                build_cache(store, pipe, name, cfg.sampling.max_sequence_length)
+        # The margin is part of the cache: pairs remade under the same name with the same winners and
+        # losers but another method (ensemble -> caen) must not reuse a cache holding the old margins.
+        fingerprint = hashlib.sha1(index.tobytes() + winner.tobytes() + loser.tobytes()
+                                   + margin.tobytes()).hexdigest()
+        group = cache_group(name)
+        cached = bool(group in store and store.root[group].attrs.get("complete") and
+                      store.root[group].attrs.get("fingerprint") == fingerprint)
+        dist.barrier()  # every rank has read the cache's state before rank 0 may delete it
+        if not cached:
+            if rank == 0:
+                log.info("encoding %d pairs of %s into %s over %d process(es)", len(index), name, group, world)
+            pipe = build_pipeline(cfg.model, device=device, max_sequence_length=cfg.sampling.max_sequence_length,
+                                  with_transformer=False)
+            build_cache(store, pipe, name, cfg.sampling.max_sequence_length, rank=rank, world=world, comm=dist,
+                        chunk=tcfg.encode_batch, progress=True)
+            del pipe
+            if rank == 0:
                 store.root[group].attrs["fingerprint"] = fingerprint
-                del pipe
         dist.barrier()
         store = run.store()
         data = PairData(store, name)
@@ -410,8 +422,13 @@ def train(run_dir: Path | str, pairs: str | None = None, *, steps: int | None = 
                        shared_noise=shared_noise)
         ref_model = None
         if not tcfg.ref_cache:
-            ref_model = (load_transformer_and_scheduler(cfg, ds_frozen)[0] if zero_init
-                         else copy.deepcopy(transformer)).requires_grad_(False).eval()
+            if not zero_init:
+                ref_model = copy.deepcopy(transformer)
+            elif copies_partitions(ds_frozen):
+                ref_model = partitioned_copy(transformer, ds_frozen)
+            else:  # NVMe-offloaded partitions: build the reference from the weights again
+                ref_model = load_transformer_and_scheduler(cfg, ds_frozen)[0]
+            ref_model.requires_grad_(False).eval()
         lora = set_trainable(transformer, tcfg)
         if tcfg.gradient_checkpointing:
             transformer.enable_gradient_checkpointing()
@@ -556,6 +573,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, PairsError, StoreError, FileNotFoundError) as exc:
         print(f"fyp.dpo.train: {exc}", file=sys.stderr)  # bad input: one line, no traceback
         return 2
+    except PeerFailed as exc:  # the failing rank printed its own error
+        print(f"fyp.dpo.train: {exc}", file=sys.stderr)
+        return 1
     log.info("trained %s for %d steps in %.1fs: %s", result.pairs, result.steps, result.seconds,
              ", ".join(f"{k}={v:.4g}" for k, v in result.last.items()))
     return 0

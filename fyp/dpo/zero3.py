@@ -11,6 +11,9 @@ Weight sources (`WeightSource`): a state dict (the tiny model: its seeded weight
 the sampler builds them, so the start is the sampler's model on every device), or a diffusers folder of
 safetensors files (one file, or shards with an index), read one tensor at a time. diffusers 0.42 has no
 ZeRO-3 integration of its own (transformers' `from_pretrained` has one, diffusers' does not).
+
+The frozen reference is a `partitioned_copy` of the freshly built policy: each rank copies its own
+partitions, so the weights are read and broadcast once, not twice.
 """
 from __future__ import annotations
 
@@ -109,6 +112,48 @@ def build_partitioned(config: dict, source: WeightSource, ds_config: dict, dtype
                            f"bf16 setting must match model.dtype")
     load_partitioned(model, source)
     return model
+
+
+def copies_partitions(ds_config: dict) -> bool:
+    """Whether `partitioned_copy` can be used: not with parameters offloaded to NVMe, whose partitions
+    live in swap files rather than in `ds_tensor`."""
+    offload = (ds_config.get("zero_optimization") or {}).get("offload_param") or {}
+    return str(offload.get("device", "none")).lower() != "nvme"
+
+
+def partitioned_copy(model, ds_config: dict):
+    """A second zero.Init-built transformer holding `model`'s weights (the frozen DPO reference).
+
+    Built from the same config under the same partitioning, each rank's parameter partitions line up with
+    `model`'s, so the weights are copied partition to partition: no rank gathers a parameter and nothing
+    is read from disk again (building the reference from the weight source would read and broadcast the
+    whole model a second time). `model` must not be wrapped by DeepSpeed or given LoRA layers yet, and
+    its parameters must not be offloaded to NVMe (`copies_partitions`).
+    """
+    if not copies_partitions(ds_config):
+        raise RuntimeError("partitioned_copy: parameters offloaded to NVMe have no partition in memory to copy")
+    import deepspeed
+    from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
+    from diffusers import FluxTransformer2DModel
+
+    with deepspeed.zero.Init(config_dict_or_path=ds_config):
+        twin = FluxTransformer2DModel.from_config(dict(model.config))
+    theirs, mine = dict(model.named_parameters()), dict(twin.named_parameters())
+    if theirs.keys() != mine.keys():
+        raise RuntimeError("partitioned_copy: the model's parameters differ from its config's (LoRA added?)")
+    with torch.no_grad():
+        for name, param in mine.items():
+            source = theirs[name]
+            if source.ds_status != ZeroParamStatus.NOT_AVAILABLE or source.ds_tensor.shape != param.ds_tensor.shape \
+                    or source.ds_tensor.dtype != param.ds_tensor.dtype:
+                raise RuntimeError(f"partitioned_copy: {name} is not partitioned like its copy "
+                                   f"({source.ds_status}, {tuple(source.ds_tensor.shape)} {source.ds_tensor.dtype}"
+                                   f" vs {tuple(param.ds_tensor.shape)} {param.ds_tensor.dtype})")
+            param.ds_tensor.copy_(source.ds_tensor)
+        sources = dict(model.named_buffers())
+        for name, buffer in twin.named_buffers():  # buffers are not partitioned: whole on every rank
+            buffer.copy_(sources[name])
+    return twin
 
 
 def load_partitioned(model: torch.nn.Module, source: WeightSource) -> None:

@@ -101,7 +101,7 @@ def eval_sampling(run: Run):
 
 
 def _pipeline(run: Run, target: Target):
-    from ..models.flux_fill import build_pipeline
+    from ..models.flux_fill import build_pipeline, fill_in_channels, resolve_device, resolve_dtype
 
     model = run.config.model
     path = target.model.path
@@ -112,19 +112,21 @@ def _pipeline(run: Run, target: Target):
         raise EvalError(f"checkpoint {path} does not exist or is not an exported transformer (config.json + "
                         f"*.safetensors); train it first (`python -m hpc.submit train`) or give another --model")
     _PIPELINE_CACHE.clear()
-    pipe = build_pipeline(model, max_sequence_length=run.config.sampling.max_sequence_length)
+    # A trained variant replaces the base transformer, which is then never loaded.
+    pipe = build_pipeline(model, max_sequence_length=run.config.sampling.max_sequence_length,
+                          with_transformer=path is None)
     if path is not None:
         from ..dpo.export import load_exported
 
         try:
-            transformer = load_exported(path, pipe.transformer.dtype)
+            transformer = load_exported(path, resolve_dtype(model.dtype))
         except Exception as exc:  # noqa: BLE001 - say which checkpoint and why, on one line
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise EvalError(f"cannot load the transformer at {path}: {first}") from None
-        if transformer.config.in_channels != pipe.transformer.config.in_channels:
+        if transformer.config.in_channels != fill_in_channels(pipe):
             raise EvalError(f"the transformer at {path} has {transformer.config.in_channels} input channels but "
-                            f"this run's model has {pipe.transformer.config.in_channels}; it belongs to another model")
-        pipe.transformer = transformer.to(pipe.transformer.device)
+                            f"this run's model has {fill_in_channels(pipe)}; it belongs to another model")
+        pipe.transformer = transformer.to(resolve_device(model.device))
     _PIPELINE_CACHE[key] = pipe
     return pipe
 

@@ -155,11 +155,14 @@ def build_tiny_components(seed: int = 0, max_sequence_length: int = T5_MAX_LENGT
 
 
 # -- the pipeline ------------------------------------------------------------------------------
-def build_pipeline(model: ModelConfig, *, device=None, max_sequence_length: int | None = None):
+def build_pipeline(model: ModelConfig, *, device=None, max_sequence_length: int | None = None,
+                   with_transformer: bool = True):
     """The FluxFillPipeline of `model`, on `device` (default: `model.device`), in `model.dtype`, in eval mode.
 
     `max_sequence_length` bounds the T5 prompt length (FLUX refuses more than 512); the tiny T5 tokenizer
-    is given it as its model_max_length.
+    is given it as its model_max_length. `with_transformer=False`: the VAE, text encoders and scheduler
+    only (`pipe.transformer` is None), for encoding, or for a caller that sets its own transformer; the
+    base transformer (FLUX.1 Fill: 12B parameters, 24 GB in bf16) is then never read.
     """
     from diffusers import FluxFillPipeline
 
@@ -171,12 +174,14 @@ def build_pipeline(model: ModelConfig, *, device=None, max_sequence_length: int 
     dtype = resolve_dtype(model.dtype)
     target = resolve_device(model.device if device is None else device)
     if model.tiny:
-        pipe = FluxFillPipeline(**build_tiny_components(model.seed, max_len))
+        parts = build_tiny_components(model.seed, max_len)
+        pipe = FluxFillPipeline(**{**parts, **({} if with_transformer else {"transformer": None})})
     else:
+        skip = {} if with_transformer else {"transformer": None}  # diffusers loads no component given as None
         try:
             with warnings.catch_warnings():  # diffusers >= 0.40 renames torch_dtype; older ones need it
                 warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
-                pipe = FluxFillPipeline.from_pretrained(model.pretrained, torch_dtype=dtype)
+                pipe = FluxFillPipeline.from_pretrained(model.pretrained, torch_dtype=dtype, **skip)
         except (OSError, ValueError) as exc:
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise ModelError(
@@ -185,6 +190,8 @@ def build_pipeline(model: ModelConfig, *, device=None, max_sequence_length: int 
             ) from exc
     for name in ("transformer", "vae", "text_encoder", "text_encoder_2"):
         module = getattr(pipe, name)
+        if module is None:
+            continue
         # Module by module, and the dtype only when it changes: diffusers' pipeline-level `.to` warns
         # about fp32-kept modules on every call, even when there are none.
         if module.dtype == dtype:
@@ -196,12 +203,19 @@ def build_pipeline(model: ModelConfig, *, device=None, max_sequence_length: int 
     return pipe
 
 
+def fill_in_channels(pipe) -> int:
+    """The input width a FLUX Fill transformer for this pipeline's VAE has: packed noisy latents (4C),
+    packed masked-image latents (4C) and the packed mask (4 s^2); 384 for FLUX.1 Fill (C = 16, s = 8)."""
+    return 8 * pipe.latent_channels + 4 * pipe.vae_scale_factor ** 2
+
+
 def _vae_scale(pipe) -> int:
     return pipe.vae_scale_factor
 
 
 def _exec(pipe) -> tuple[torch.device, torch.dtype]:
-    return pipe.transformer.device, pipe.transformer.dtype
+    module = pipe.vae if pipe.transformer is None else pipe.transformer  # all on one device, in one dtype
+    return module.device, module.dtype
 
 
 # -- prompts -----------------------------------------------------------------------------------
