@@ -143,6 +143,25 @@ def test_resume_reproduces_the_loss_sequence(single, base_run):
     np.testing.assert_allclose(_losses(run_dir), _losses(single), rtol=0, atol=1e-7)
 
 
+def test_resume_on_another_number_of_processes_continues_the_same_training(single, base_run):
+    """Stopped at step 2 on 2 processes x batch 1, resumed on 1 process x batch 2 (the same 2 pairs per
+    step) through a DeepSpeed universal checkpoint: the losses are those of the uninterrupted run. A resume
+    with another number of pairs per step is refused with one line."""
+    import json
+
+    run_dir = _copy(base_run, "rescaled")
+    _train(run_dir, *COMMON, "--set", "train.batch_size=1", "--stop-after", "2", procs=2, check=False)
+    ckpt = run_dir / "train" / PAIRS / "checkpoints"
+    assert json.loads((ckpt / "step-000002" / "layout.json").read_text()) == \
+        dict(step=2, world=2, batch=1, grad_accum=1)
+    refused = _train(run_dir, *COMMON, "--set", "train.batch_size=1", check=False)
+    assert refused.returncode == 2
+    assert "= 2 pairs per step; this run has 1 x 1 x 1 = 1: resume with the same number" in refused.stderr
+    proc = _train(run_dir, *COMMON, "--set", "train.batch_size=2")
+    assert "from step-000002-universal" in proc.stderr and (ckpt / "step-000002-universal" / "layout.json").exists()
+    np.testing.assert_allclose(_losses(run_dir), _losses(single), rtol=1e-4, atol=1e-5)
+
+
 def test_reference_loss_cache_gives_the_same_training(single, base_run):
     run_dir = _copy(base_run, "refcache")
     _train(run_dir, *COMMON, "--set", "train.batch_size=2", "--set", "train.ref_cache=true")

@@ -105,7 +105,7 @@ class _Alone:
         return tensor
 
 
-def _all_ok(comm, error: BaseException | None, rank: int, what: str) -> None:
+def all_ok(comm, error: BaseException | None, rank: int, what: str) -> None:
     """Raise on every rank when any rank failed `what` (a rank raising alone would leave the others waiting
     at the next collective until the gloo / NCCL timeout)."""
     failed = comm.all_reduce(torch.tensor([0.0 if error is None else float(rank + 1)]), op="max")
@@ -174,9 +174,9 @@ def build_cache(store: RunStore, pipe, name: str, max_sequence_length: int, *, r
             encode(0)
             put("sample", 0, index)
             put("margin", 0, margin)
-        except Exception as exc:  # noqa: BLE001 - re-raised on this rank by _all_ok
+        except Exception as exc:  # noqa: BLE001 - re-raised on this rank by all_ok
             error = exc
-    _all_ok(comm, error, rank, f"creating {group}")
+    all_ok(comm, error, rank, f"creating {group}")
     bar.update(1)
     if rank != 0:
         arrays.update({key: store[f"{group}/{key}"] for key in
@@ -188,7 +188,7 @@ def build_cache(store: RunStore, pipe, name: str, max_sequence_length: int, *, r
     except Exception as exc:  # noqa: BLE001
         error = exc
     bar.close()
-    _all_ok(comm, error, rank, f"encoding pairs into {group}")
+    all_ok(comm, error, rank, f"encoding pairs into {group}")
     if rank == 0:
         latent_hw = [store.shape.height // scale, store.shape.width // scale]
         store.root[group].attrs.update(dict(pairs=count, method=attrs.get("method", name), latent_hw=latent_hw,

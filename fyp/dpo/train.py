@@ -42,7 +42,9 @@ from ..config import ConfigError, RunConfig, TrainConfig, _merge, from_dict, par
 from ..run import Run, atomic_write_text
 from ..store import StoreError
 from . import launch
-from .data import PairData, PairsError, PeerFailed, build_cache, cache_group, read_pairs
+from .checkpoints import LAYOUT_NAME, UNIVERSAL_SUFFIX, Layout, check_resumable, to_universal, write_layout
+from .checkpoints import latest as latest_checkpoint
+from .data import PairData, PairsError, PeerFailed, all_ok, build_cache, cache_group, read_pairs
 from .flow import TIMESTEP_SAMPLING, draw_pairs, image_ids, noisy_and_target, predict
 from .losses import KINDS, MARGIN_KINDS, NORMALIZE, preference_terms
 from .metrics import METRIC_NAMES, preference_metrics
@@ -407,6 +409,25 @@ def train(run_dir: Path | str, pairs: str | None = None, *, steps: int | None = 
         # train.zero_init) both are built partitioned, so no rank ever holds a whole model.
         bf16 = dtype == torch.bfloat16
         ds_train = deepspeed_config(tcfg, world, bf16)
+        # Resume: decided before the engine exists, since another world size needs a universal checkpoint
+        # (converted once by rank 0) and an engine configured to load it.
+        ckpt_dir = out / "checkpoints"
+        resume, resume_tag = latest_checkpoint(ckpt_dir), None
+        layout = Layout(0, world, tcfg.batch_size, tcfg.grad_accum)
+        if resume is not None:
+            resume_tag = resume.tag
+            if resume.layout is not None and check_resumable(ckpt_dir, resume.layout, layout):
+                error = None
+                if rank == 0:
+                    log.info("checkpoint %s was written by %d process(es), this run has %d: converting it to a "
+                             "universal checkpoint", resume.tag, resume.layout.world, world)
+                    try:
+                        to_universal(ckpt_dir, resume.tag)
+                    except Exception as exc:  # noqa: BLE001 - every rank stops, this one with the reason
+                        error = exc
+                all_ok(dist, error, rank, f"converting {resume.tag} to a universal checkpoint")
+                resume_tag = resume.tag + UNIVERSAL_SUFFIX
+                ds_train["checkpoint"] = {**ds_train.get("checkpoint", {}), "load_universal": True}
         ds_frozen = deepspeed_config(tcfg, world, bf16, with_optimizer=False)
         zero_init = tcfg.zero_stage == 3 and tcfg.zero_init
         transformer, scheduler_config = load_transformer_and_scheduler(cfg, ds_train if zero_init else None)
@@ -459,20 +480,26 @@ def train(run_dir: Path | str, pairs: str | None = None, *, steps: int | None = 
             engine.train()
 
         # Resume: DeepSpeed restores weights, optimizer and LR schedule; draws and order are stateless.
-        ckpt_dir = out / "checkpoints"
         start = 0
-        if (ckpt_dir / "latest").exists():
-            _, client = engine.load_checkpoint(str(ckpt_dir))
+        if resume_tag is not None:
+            _, client = engine.load_checkpoint(str(ckpt_dir), tag=resume_tag)
             start = int(client["step"])
-            if client.get("world") != world or client.get("batch") != [tcfg.batch_size, tcfg.grad_accum]:
-                raise ConfigError(f"checkpoint in {ckpt_dir} was made with world {client.get('world')} and "
-                                  f"(batch, grad_accum) {client.get('batch')}; resume with the same layout")
-            log.info("resumed %s at step %d", ckpt_dir, start)
+            if resume.layout is None:  # written before layout.json: the same layout only
+                saved = Layout(start, int(client.get("world", 0)), *client.get("batch", [0, 0]))
+                if saved.world != world:
+                    raise ConfigError(f"checkpoint in {ckpt_dir} was made with world {saved.world} and has no "
+                                      f"{LAYOUT_NAME}; resume it with world {saved.world}")
+                check_resumable(ckpt_dir, saved, layout)
+            log.info("resumed %s at step %d from %s", ckpt_dir, start, resume_tag)
 
         def save(step: int) -> Path:
-            engine.save_checkpoint(str(ckpt_dir), tag=f"step-{step:06d}",
+            tag = f"step-{step:06d}"
+            engine.save_checkpoint(str(ckpt_dir), tag=tag,
                                    client_state=dict(step=step, world=world, batch=[tcfg.batch_size, tcfg.grad_accum]))
-            return ckpt_dir / f"step-{step:06d}"
+            if rank == 0:
+                write_layout(ckpt_dir / tag, Layout(step, world, tcfg.batch_size, tcfg.grad_accum))
+            dist.barrier()
+            return ckpt_dir / tag
 
         metrics_log = MetricsLog(out, start, enabled=rank == 0)
         ids = image_ids(data.latent_hw[0] // 2, data.latent_hw[1] // 2, device, dtype)
