@@ -55,8 +55,9 @@ def run_task(stage: str, run_dir, shard: int, variant: str | None, opts: dict) -
     log.info("%s: %s processes: %s", stage, processes, " ".join(cmd))
     run.write_task_record(stage, shard, "running", variant, processes=processes)
     start = time.time()
+    forwarder = requeue.Forwarder()
     proc = subprocess.Popen(cmd)
-    requeue.forward_to(proc)
+    forwarder.attach(proc)
     code = proc.wait()
     seconds = time.time() - start
     if code == 0:

@@ -65,16 +65,31 @@ def install_handler(stage: str) -> None:
     signal.signal(signal.SIGUSR2, handler)
 
 
-def forward_to(proc) -> None:
+class Forwarder:
     """The pre-timeout signal for a task whose work runs in a child process (srun of several processes):
-    pass it on; the child checkpoints and ends, and the task then requeues (`requeue_task`)."""
+    passed on to the child, which checkpoints and ends; the task then requeues (`requeue_task`).
 
-    def handler(signum, frame):
+    Made before the child starts: between `Popen` and a handler installed after it, SIGUSR2's default
+    action would kill this process. A signal that comes before `attach` is passed on there."""
+
+    def __init__(self) -> None:
+        self.proc = None
+        signal.signal(signal.SIGUSR2, self._handler)
+
+    def _handler(self, signum, frame) -> None:
         _SIGNALLED.set()
+        proc = self.proc
+        if proc is None:
+            log.warning("signal %s: the time limit is near; passing it on once the processes start",
+                        signal.Signals(signum).name)
+            return
         log.warning("signal %s: the time limit is near; passing it on to pid %d", signal.Signals(signum).name, proc.pid)
         proc.send_signal(signum)
 
-    signal.signal(signal.SIGUSR2, handler)
+    def attach(self, proc) -> None:
+        self.proc = proc
+        if _SIGNALLED.is_set():  # came before the child existed (a second delivery is harmless: a stop request)
+            proc.send_signal(signal.SIGUSR2)
 
 
 def requeue_task(run, stage: str, shard: int, variant: str | None) -> int:

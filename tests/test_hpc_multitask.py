@@ -98,3 +98,33 @@ def test_batch_step_out_of_requeues_records_failure(tmp_path):
     assert code == 1, out
     assert not (tmp_path / "scontrol.argv").exists()
     assert record["state"] == "failed" and "after 3 requeues" in record["error"]
+
+
+def test_a_signal_before_the_processes_start_is_passed_on_when_they_do(tmp_path):
+    """The forwarder is installed before srun starts: SIGUSR2 then (whose default action would kill the
+    task) is remembered and passed on to the child as soon as it exists."""
+    from hpc import requeue
+
+    previous = signal.getsignal(signal.SIGUSR2)
+    try:
+        forwarder = requeue.Forwarder()
+        os.kill(os.getpid(), signal.SIGUSR2)  # delivered to the handler before os.kill returns
+        assert requeue.signalled()
+        ready, got = tmp_path / "ready", tmp_path / "got"
+        child = subprocess.Popen([sys.executable, "-c", (
+            "import pathlib, signal, time\n"
+            f"signal.signal(signal.SIGUSR2, lambda *a: pathlib.Path({str(got)!r}).write_text('usr2'))\n"
+            f"pathlib.Path({str(ready)!r}).touch()\n"
+            "time.sleep(30)\n")])
+        deadline = time.time() + 30
+        while not ready.exists() and time.time() < deadline:  # the child's handler is in place
+            time.sleep(0.05)
+        forwarder.attach(child)
+        while not got.exists() and time.time() < deadline:
+            time.sleep(0.05)
+        child.kill()
+        child.wait()
+        assert got.read_text() == "usr2"
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+        requeue._SIGNALLED.clear()

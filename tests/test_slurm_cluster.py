@@ -6,6 +6,7 @@ reference run's, bit for bit.
 """
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -227,10 +228,12 @@ def _preempt_training(run, job):
     return logs[0].read_text(), logs[1].read_text()
 
 
-def test_training_requeued_mid_run_resumes_from_checkpoint(pipeline_run):
+def test_training_requeued_mid_run_resumes_from_checkpoint(pipeline_run, tmp_path):
     """USR2 (the pre-timeout signal) to a training task: it checkpoints after its step, requeues itself,
-    and the next attempt resumes from that checkpoint and finishes."""
-    run, _ = pipeline_run
+    and the next attempt resumes from that checkpoint and finishes. On a copy of the pipeline's run, so
+    a rerun of this test starts from the same state."""
+    run = tmp_path / "pipeline"
+    shutil.copytree(pipeline_run[0], run)
     metrics = run / "train" / "ensemble" / "metrics.csv"
     assert metrics.exists(), "the pipeline did not train (is the pairs stage available?)"
     steps_total = 300  # ~0.1 s a step here: long enough that the signal always lands mid-run

@@ -49,7 +49,8 @@ def test_draws_depend_on_the_pair_only_and_noise_sharing():
 
 
 def test_noisy_and_target():
-    x0, eps = torch.randn(2, 4, 3), torch.randn(2, 4, 3)
+    gen = torch.Generator().manual_seed(0)
+    x0, eps = torch.randn(2, 4, 3, generator=gen), torch.randn(2, 4, 3, generator=gen)
     x_t, target = flow.noisy_and_target(x0, eps, torch.tensor([0.0, 1.0]))
     assert torch.equal(x_t[0], x0[0]) and torch.equal(x_t[1], eps[1]) and torch.equal(target, eps - x0)
 

@@ -46,15 +46,18 @@ class RateLimiter:
         self._next = 0.0
         self._lock = threading.Lock()
 
-    def wait(self) -> None:
+    def wait(self) -> float:
+        """Sleep until this caller's start time (time.monotonic) and return it."""
+        now = time.monotonic()
         if self.interval == 0:
-            return
+            return now
         with self._lock:
             now = time.monotonic()
             start = max(now, self._next)
             self._next = start + self.interval
         if start > now:
             time.sleep(start - now)
+        return start
 
 
 class HTTPError(RuntimeError):
