@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import ConfigError
+from ..run import atomic_write_text
 
 LAYOUT_NAME = "layout.json"
 UNIVERSAL_SUFFIX = "-universal"
@@ -38,11 +39,12 @@ class Layout:
 @dataclass(frozen=True)
 class Resume:
     tag: str  # the folder under the checkpoint directory that `latest` names
-    layout: Layout | None  # None: a checkpoint from before layout.json (checked after loading)
+    layout: Layout | None  # None: no layout.json (an older checkpoint, or killed before writing it):
+    #                        loaded, then checked against the client state DeepSpeed saved
 
 
 def write_layout(folder: Path, layout: Layout) -> None:
-    (folder / LAYOUT_NAME).write_text(json.dumps(layout.__dict__) + "\n")
+    atomic_write_text(folder / LAYOUT_NAME, json.dumps(layout.__dict__) + "\n")
 
 
 def latest(ckpt_dir: Path) -> Resume | None:
