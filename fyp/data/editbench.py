@@ -15,6 +15,7 @@ import csv
 from pathlib import Path
 
 from .base import Reader, ReaderError
+from .paths import inside
 from .sample import REASON_BAD_RECORD, REASON_MISSING_PROMPT, BadSample, Sample
 from .transforms import decode_image, decode_mask_image, fit_pair
 
@@ -60,7 +61,7 @@ class EditBenchReader(Reader):
         prompt = (row.get(self.column) or "").strip()
         if not prompt:
             raise BadSample(REASON_MISSING_PROMPT, f"{part}-{aos} has no {self.column}")
-        image = decode_image(path=self.root / f"references_{part}" / f"{aos}.png", what="image")
-        mask = decode_mask_image(self.root / f"masks_{part}" / f"{aos}.png")
+        image = decode_image(path=inside(self.root, f"references_{part}/{aos}.png", "image"), what="image")
+        mask = decode_mask_image(inside(self.root, f"masks_{part}/{aos}.png", "mask"))
         image_array, mask_array = fit_pair(image, mask, self.resolution)
         return Sample(image=image_array, mask=mask_array, prompt=prompt, id=self.item_id(index))
