@@ -7,14 +7,16 @@ They are decoded at the image's own size (512x512 in the released benchmark). It
 from __future__ import annotations
 
 import json
+from typing import get_args
 
+from ..config import MaskKind
 from .base import Reader, ReaderError
 from .paths import inside, resolve_in_folder
 from .rle import RLEError, rle_decode
 from .sample import REASON_BAD_RECORD, REASON_BAD_RLE, REASON_MISSING_PROMPT, BadSample, Sample
 from .transforms import decode_image, fit_pair
 
-MASK_KINDS = ("inpainting", "outpainting")
+MASK_KINDS = get_args(MaskKind)  # the allowed values live in fyp.config
 
 
 class BrushBenchReader(Reader):

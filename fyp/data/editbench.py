@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
+from typing import get_args
 
+from ..config import PromptKind
 from .base import Reader, ReaderError
 from .paths import inside
 from .sample import REASON_BAD_RECORD, REASON_MISSING_PROMPT, BadSample, Sample
 from .transforms import decode_image, decode_mask_image, fit_pair
 
-PROMPT_KINDS = ("mask-simple", "mask-rich", "full")
+PROMPT_KINDS = get_args(PromptKind)  # the allowed values live in fyp.config
 PARTS = ("natural", "generated")
 
 
