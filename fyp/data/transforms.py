@@ -89,7 +89,7 @@ def decode_mask_image(path: Path, threshold: int = 127, what: str = "mask") -> n
         raw = np.asarray(image)
         if np.nanmax(raw, initial=0) == 1:
             return (np.nan_to_num(raw) > 0).astype(np.uint8)
-        image = to_8bit(image)
+        return (np.asarray(to_8bit(image)) > threshold).astype(np.uint8)  # scaled: 0/1 now means dark grey
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         image = image.convert("RGBA").convert("RGB")  # drop alpha, judge by colour
     grey = np.asarray(image.convert("L"))
