@@ -67,6 +67,14 @@ class Pattern:
 
 
 @dataclass(frozen=True)
+class Schema:
+    """A mapping checked against dataclass `cls` (every key a field, every value of the field's type) but kept
+    a plain dict of the keys given: for option mappings whose readers take `.get(key, default)`."""
+
+    cls: type
+
+
+@dataclass(frozen=True)
 class Meaning:
     """What the message calls a value of this type (instead of the generated description)."""
 
@@ -98,6 +106,47 @@ Count = Annotated[int, Range(ge=0)]  # 0 allowed (its meaning is said at the fie
 Positive = Annotated[int, Range(ge=1)]
 PositiveFloat = Annotated[float, Range(gt=0)]
 NonNegativeFloat = Annotated[float, Range(ge=0)]
+
+
+# -- option mappings (kept as dicts, checked against these) -------------------------------------------------
+@dataclass
+class EvalOptions:
+    paths: dict[Benchmark, str] = field(default_factory=dict)  # benchmark -> its folder
+    resolution: Annotated[int, Range(ge=16, multiple_of=16)] = 64  # default: data.resolution
+    prompt_kind: PromptKind = "mask-simple"
+    mask_kind: MaskKind = "inpainting"
+    steps: Positive = 2  # default: sampling.steps
+    guidance: NonNegativeFloat = 30.0  # default: sampling.guidance
+    lpips_backbone: str = "auto"  # auto | a path to AlexNet weights
+
+
+@dataclass
+class JudgeOptions:  # fyp.rewards.judge.build_judge's parameters, plus the eval stage's own two
+    variants: list[Literal["40-30-30", "30-40-30", "30-30-40", "33-33-33"]] = field(default_factory=list)
+    bias: bool = True  # also ask the bias-study ratings
+    tiny: bool = False
+    backend: Literal["transformers", "http"] = "transformers"
+    pretrained: str | None = None
+    family: Literal["qwen3_vl", "qwen2_5_vl"] = "qwen3_vl"
+    device: Device = "auto"
+    dtype: Dtype = "float32"
+    seed: int = 0
+    weights: Any = "40-30-30"  # ignored: `variants` chooses
+    out_of_range: Literal["clamp", "invalid"] = "clamp"
+    max_new_tokens: Positive = 256
+    batch_size: Positive = 4
+    base_url: str | None = None
+    model: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"
+    max_retries: Count = 5
+    backoff_s: NonNegativeFloat = 1.0
+    requests_per_second: NonNegativeFloat = 0.0
+    concurrency: Positive = 8
+
+
+@dataclass
+class TrainOptions:
+    deepspeed: dict = field(default_factory=dict)  # merged into the DeepSpeed config
 
 
 @dataclass
@@ -181,7 +230,7 @@ class TrainConfig:
     lr_schedule: LrSchedule = "constant"  # after warm-up; linear / cosine decay to 0 at `steps`
     export: bool = True  # save the aligned transformer as a diffusers folder at the end
     seed: int = 0
-    options: dict = field(default_factory=dict)  # deepspeed: a mapping merged into the DeepSpeed config
+    options: Annotated[dict, Schema(TrainOptions)] = field(default_factory=dict)  # deepspeed: {...}
 
 
 @dataclass
@@ -190,8 +239,8 @@ class EvalConfig:
     samples: Count = 8  # 0 = all
     seed: int = 1234
     rewards: list[RewardName] = field(default_factory=list)  # empty = the run's rewards
-    judge: dict = field(default_factory=dict)
-    options: dict = field(default_factory=dict)
+    judge: Annotated[dict, Schema(JudgeOptions)] = field(default_factory=dict)  # empty = no judge
+    options: Annotated[dict, Schema(EvalOptions)] = field(default_factory=dict)
 
 
 @dataclass
@@ -337,6 +386,9 @@ def _coerce(hint, value, where, problem: _Invalid, error, context):
                 isinstance(m, Pattern) and m.from_int for m in meta):
             value = str(value)
         out = _coerce(base, value, where, problem, error, context)
+        schema = next((m.cls for m in meta if isinstance(m, Schema)), None)
+        if schema is not None and out is not _BAD:
+            return build_fields(schema, out, where, error, context)
         if out is _BAD:  # say it at this level when the type has its own words, or the problem is here
             own = problem.where == where or any(isinstance(m, Meaning) for m in meta)
             return problem.set(where, describe(hint), value) if own else out

@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+import typing
 from pathlib import Path
 from typing import get_args
 
@@ -53,6 +54,25 @@ def test_module_constants_are_the_config_types():
                                            get_args(config.Benchmark))
 
 
+def test_judge_options_are_build_judges_parameters():
+    import dataclasses
+    import inspect
+
+    from fyp.rewards.judge import WEIGHT_VARIANTS, build_judge
+
+    fields = {f.name for f in dataclasses.fields(config.JudgeOptions)}
+    assert fields - {"variants", "bias"} == set(inspect.signature(build_judge).parameters)
+    (variant,) = get_args(typing.get_type_hints(config.JudgeOptions)["variants"])
+    assert get_args(variant) == tuple(WEIGHT_VARIANTS)
+
+
+def test_option_mappings_stay_dicts_of_what_was_given():
+    cfg = load_preset("tiny", parse_overrides(["eval.options.paths.brushbench=/data/bb", "eval.options.steps=3",
+                                               "eval.judge.backend=http", "eval.judge.max_retries=0"]))
+    assert cfg.eval.options == {"paths": {"brushbench": "/data/bb"}, "steps": 3}
+    assert cfg.eval.judge == {"backend": "http", "max_retries": 0}
+
+
 def test_one_merge_function():
     """hpc/submit.py and fyp/data/stage.py had their own `_merge`; now only fyp.config.merge exists."""
     hits = [str(p.relative_to(ROOT)) for folder in ("fyp", "hpc") for p in (ROOT / folder).rglob("*.py")
@@ -85,6 +105,15 @@ def test_one_merge_function():
     ("pairs.weights={clipscore: high}", "pairs.weights.clipscore must be a number, got 'high'"),
     ("train.pairs=../x", "train.pairs must be a pairs name"),
     ("shards=0", "shards must be an integer >= 1, got 0"),
+    ("eval.options.resolutoin=64", "unknown config key eval.options.resolutoin (did you mean 'resolution'?); valid "
+                                   "keys: paths, resolution, prompt_kind"),
+    ("eval.options.paths.brushbnch=/data", "eval.options.paths key must be one of synthetic, brushbench, editbench, "
+                                           "rorem, got 'brushbnch'"),
+    ("eval.judge.backend=openai", "eval.judge.backend must be one of transformers, http, got 'openai'"),
+    ("eval.judge.variants=[40-40-20]", "eval.judge.variants[0] must be one of 40-30-30, 30-40-30, 30-30-40, "
+                                       "33-33-33, got '40-40-20'"),
+    ("train.options.deepspeed=3", "train.options.deepspeed must be a mapping, got 3"),
+    ("train.options.deepseed={}", "unknown config key train.options.deepseed (did you mean 'deepspeed'?)"),
 ])
 def test_bad_values_are_refused_with_the_allowed_ones(override, message):
     with pytest.raises(ConfigError) as info:
