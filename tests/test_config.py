@@ -242,3 +242,13 @@ def test_cli_bad_cluster_config_value_is_one_line(prepared, tmp_path):
     bad.write_text("executor: pbs\n")
     assert "executor must be one of local, slurm, got 'pbs'" in one_line_error(
         cli("prepare", "--run", prepared, "--cluster", bad, "--dry-run"))
+
+
+def test_cli_pairs_flags_checked_at_dry_run(prepared):
+    line = one_line_error(cli("pairs", "--run", prepared, "--method", "ensembel", "--dry-run"))
+    assert line == ("error: --method must be one of ensemble, filtered, linear, softmax, capo, caen, single, random, "
+                    "got 'ensembel' (did you mean 'ensemble'?)")
+    line = one_line_error(cli("pairs", "--run", prepared, "--rewards", "clipscore,hpsv9", "--dry-run"))
+    assert line.startswith("error: --rewards[1] must be one of clipscore, aesthetic,")
+    ok = cli("pairs", "--run", prepared, "--method", "single", "--reward", "pickscore", "--dry-run")
+    assert ok.returncode == 0, ok.stderr
