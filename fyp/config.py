@@ -17,7 +17,6 @@ import dataclasses
 import difflib
 import re
 import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin, get_type_hints
