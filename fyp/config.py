@@ -539,8 +539,12 @@ def validate(cfg: RunConfig) -> None:
                               f"the run's rewards: {', '.join(names)}")
 
 
+def dump(cfg: RunConfig) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+
+
 def save(cfg: RunConfig, path: Path) -> None:
-    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    Path(path).write_text(dump(cfg))
 
 
 def load(path: Path) -> RunConfig:

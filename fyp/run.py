@@ -78,7 +78,7 @@ class Run:
         if (run_dir / CONFIG_NAME).exists():
             raise FileExistsError(f"{run_dir} is already a prepared run; choose a new --run directory")
         run_dir.mkdir(parents=True, exist_ok=True)
-        config_mod.save(cfg, run_dir / CONFIG_NAME)
+        atomic_write_text(run_dir / CONFIG_NAME, config_mod.dump(cfg))  # a killed prepare leaves no half file
         return cls(run_dir, cfg)
 
     def store(self, mode: str = "r+") -> RunStore:
