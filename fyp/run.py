@@ -25,13 +25,34 @@ from .store import RunStore
 CONFIG_NAME = "config.yaml"
 
 
+def umask_mode() -> int:
+    """The mode a plain `open(path, "w")` would give a new file (0o666 less the umask).
+
+    mkstemp creates files 0600 whatever the umask; a file renamed from it must get this mode, or reports
+    and task records end up unreadable to the group that reads the rest of the run."""
+    try:  # Linux: read it without changing it (os.umask is a set-and-restore, racy across threads)
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write to a temporary name and rename: a reader (or a killed writer) never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.chmod(tmp, umask_mode())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)  # no stray temp file after a failed write (e.g. a full disk)
+        raise
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -57,7 +78,7 @@ class Run:
         if (run_dir / CONFIG_NAME).exists():
             raise FileExistsError(f"{run_dir} is already a prepared run; choose a new --run directory")
         run_dir.mkdir(parents=True, exist_ok=True)
-        config_mod.save(cfg, run_dir / CONFIG_NAME)
+        atomic_write_text(run_dir / CONFIG_NAME, config_mod.dump(cfg))  # a killed prepare leaves no half file
         return cls(run_dir, cfg)
 
     def store(self, mode: str = "r+") -> RunStore:

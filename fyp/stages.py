@@ -43,6 +43,9 @@ class Stage:
         """Independent sub-jobs of the stage (one array job each); None = the stage itself."""
         return [None]
 
+    def check_options(self, run: Run, opts: dict) -> None:
+        """Refuse bad option values (ConfigError, one line) when submitting and at --dry-run."""
+
     def num_shards(self, run: Run, opts: dict) -> int:
         return run.config.shards if self.sharded else 1
 

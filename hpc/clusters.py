@@ -1,6 +1,7 @@
 """Cluster configurations (`cluster_configs/<name>.yaml`): where and with what resources tasks run.
 
-Validated eagerly, before anything is submitted: an unknown key or a bad value stops with a one-line
+Validated eagerly, before anything is submitted, by the run config's validator (fyp.config.build: the
+field types below say what each key may hold): an unknown key or a bad value stops with a one-line
 message that names the key and lists the valid ones. Per-stage overrides (`stages: {train: {...}}`) and
 per-reward overrides (`rewards: {imagereward: {python: ...}}`, applied to the score stage's variant of
 that reward) take the same resource keys as the top level.
@@ -9,38 +10,51 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
+
+from fyp.config import ConfigError, Meaning, Pattern, Range, build_fields, coerce, yaml_load
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "cluster_configs"
 
 
-class ClusterConfigError(ValueError):
+class ClusterConfigError(ConfigError):
     pass
+
+
+_TIME = r"\d+-\d{1,2}(:\d{1,2}(:\d{1,2})?)?|\d+(:\d{1,2}(:\d{1,2})?)?"
+Text = Annotated[str, Pattern(r"(?s)\s*\S.*", "a non-empty string")]
+SlurmTime = Annotated[str, Pattern(_TIME, "a Slurm time such as 30, 02:00:00 or 1-12:00:00", from_int=True)]
+SlurmMem = Annotated[str, Pattern(r"\d+[KMGT]?", "a Slurm memory size such as 16G or 4000M")]
+Interpreter = Annotated[str, Pattern(r"(?s)\s*\S.*", "an interpreter path or command")]
+ShellLines = Annotated[tuple[str, ...], Meaning("a list of shell lines")]
+SbatchOptions = dict[Annotated[str, Pattern(r"[a-z][a-z0-9-]*", "a long option name such as 'mail-type'")], Any]
+Executor = Literal["local", "slurm"]
 
 
 @dataclass(frozen=True)
 class Resources:
     """What one task of a stage asks the scheduler for, and how its job script starts."""
 
-    partition: str | None = None
-    account: str | None = None
-    qos: str | None = None
-    time: str = "01:00:00"  # Slurm syntax: MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS
-    nodes: int = 1
-    gpus_per_node: int = 0
-    cpus_per_task: int = 1
-    mem: str | None = None  # e.g. 16G, 4000M; None = the cluster's DefMemPerCPU
-    constraint: str | None = None
-    setup: tuple[str, ...] = ()  # shell lines run before the task: module loads, venv activation
-    python: str | None = None  # interpreter of `-m hpc.task` (None: the submitting one); per reward: its own env
-    throttle: int = 0  # default %N of array jobs (local: parallel tasks); 0 = no limit
-    signal_seconds: int = 120  # USR2 this long before the time limit: checkpoint and requeue
-    max_requeues: int = 3  # requeues per task on the pre-timeout signal
-    sbatch: tuple[tuple[str, str], ...] = ()  # further `#SBATCH --key=value` lines, verbatim keys
+    partition: Text | None = None
+    account: Text | None = None
+    qos: Text | None = None
+    time: SlurmTime = "01:00:00"  # Slurm syntax: MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS
+    nodes: Annotated[int, Range(ge=1)] = 1
+    gpus_per_node: Annotated[int, Range(ge=0)] = 0
+    cpus_per_task: Annotated[int, Range(ge=1)] = 1
+    mem: SlurmMem | None = None  # e.g. 16G, 4000M; None = the cluster's DefMemPerCPU
+    constraint: Text | None = None
+    setup: ShellLines = ()  # shell lines run before the task: module loads, venv activation
+    python: Interpreter | None = None  # interpreter of `-m hpc.task` (None: the submitting one); per reward: its own env
+    throttle: Annotated[int, Range(ge=0)] = 0  # default %N of array jobs (local: parallel tasks); 0 = no limit
+    signal_seconds: Annotated[int, Range(ge=0)] = 120  # USR2 this long before the time limit: checkpoint and requeue
+    max_requeues: Annotated[int, Range(ge=0)] = 3  # requeues per task on the pre-timeout signal
+    # further `#SBATCH --key=value` lines, verbatim keys; written as a mapping, checked as SbatchOptions
+    sbatch: tuple[tuple[str, str], ...] = ()
 
     def minutes(self) -> float:
         return time_minutes(self.time)
@@ -48,7 +62,7 @@ class Resources:
 
 RESOURCE_KEYS = [f.name for f in dataclasses.fields(Resources)]
 TOP_KEYS = ["executor", "max_array_size", "stages", "rewards", "description"] + RESOURCE_KEYS
-EXECUTORS = ("local", "slurm")
+EXECUTORS = get_args(Executor)
 
 
 @dataclass(frozen=True)
@@ -66,11 +80,6 @@ class ClusterConfig:
         if stage == "score" and variant in self.rewards:
             res = self.rewards[variant]
         return res
-
-
-_TIME = re.compile(r"^(\d+-\d{1,2}(:\d{1,2}(:\d{1,2})?)?|\d+(:\d{1,2}(:\d{1,2})?)?)$")
-_MEM = re.compile(r"^\d+[KMGT]?$")
-_SBATCH_KEY = re.compile(r"^[a-z][a-z0-9-]*$")
 
 
 def time_minutes(text: str) -> float:
@@ -97,59 +106,15 @@ def _unknown(key: str, valid: list[str], where: str) -> ClusterConfigError:
     return ClusterConfigError(f"{where}: unknown key {key!r}{hint}; valid keys: {', '.join(valid)}")
 
 
-def _check_value(key: str, value, where: str):
-    """Return the value in its typed form, or raise naming the key and what it must be."""
-    def bad(expected: str):
-        return ClusterConfigError(f"{where}: {key} must be {expected}, got {value!r}")
-
-    if key in ("partition", "account", "qos", "constraint", "mem"):
-        if value is None:
-            return None
-        if not isinstance(value, str) or not value.strip():
-            raise bad("a non-empty string or null")
-        if key == "mem" and not _MEM.match(value):
-            raise bad("a Slurm memory size such as 16G or 4000M")
-        return value
-    if key == "time":
-        value = str(value) if isinstance(value, int) and not isinstance(value, bool) else value
-        if not isinstance(value, str) or not _TIME.match(value):
-            raise bad("a Slurm time such as 30, 02:00:00 or 1-12:00:00")
-        return value
-    if key in ("nodes", "cpus_per_task", "max_requeues", "gpus_per_node", "throttle", "signal_seconds"):
-        minimum = 1 if key in ("nodes", "cpus_per_task") else 0
-        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-            raise bad(f"an integer >= {minimum}")
-        return value
-    if key == "python":
-        if value is None:
-            return None
-        if not isinstance(value, str) or not value.strip():
-            raise bad("an interpreter path or command")
-        return value
-    if key == "setup":
-        if isinstance(value, str):
-            value = [value]
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise bad("a list of shell lines")
-        return tuple(value)
-    if key == "sbatch":
-        if not isinstance(value, dict):
-            raise bad("a mapping of extra sbatch options (key: value)")
-        for opt in value:
-            if not isinstance(opt, str) or not _SBATCH_KEY.match(opt):
-                raise ClusterConfigError(f"{where}: sbatch option {opt!r} must be a long option name such as 'mail-type'")
-        return tuple((k, str(v)) for k, v in value.items())
-    raise AssertionError(key)
-
-
 def _resources(raw: dict, base: Resources, where: str) -> Resources:
     if not isinstance(raw, dict):
         raise ClusterConfigError(f"{where} must be a mapping of resource keys; valid keys: {', '.join(RESOURCE_KEYS)}")
-    values = {}
-    for key, value in raw.items():
-        if key not in RESOURCE_KEYS:
-            raise _unknown(key, RESOURCE_KEYS, where)
-        values[key] = _check_value(key, value, where)
+    raw = dict(raw)
+    sbatch = raw.pop("sbatch", None)
+    values = build_fields(Resources, raw, "", ClusterConfigError, f"{where}: ")
+    if sbatch is not None:
+        options = coerce(SbatchOptions, sbatch, "sbatch option", ClusterConfigError, f"{where}: ")
+        values["sbatch"] = tuple((k, str(v)) for k, v in options.items())
     return dataclasses.replace(base, **values)
 
 
@@ -163,12 +128,10 @@ def from_dict(raw: dict, name: str = "<inline>", stage_names: list[str] | None =
     for key in raw:
         if key not in TOP_KEYS:
             raise _unknown(key, TOP_KEYS, f"cluster config {name}")
-    executor = raw.get("executor", "slurm")
-    if executor not in EXECUTORS:
-        raise ClusterConfigError(f"cluster config {name}: executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
-    max_array = raw.get("max_array_size", 1001)
-    if not isinstance(max_array, int) or isinstance(max_array, bool) or max_array < 1:
-        raise ClusterConfigError(f"cluster config {name}: max_array_size must be an integer >= 1, got {max_array!r}")
+    context = f"cluster config {name}: "
+    executor = coerce(Executor, raw.get("executor", "slurm"), "executor", ClusterConfigError, context)
+    max_array = coerce(Annotated[int, Range(ge=1)], raw.get("max_array_size", 1001), "max_array_size",
+                       ClusterConfigError, context)
     base = _resources({k: v for k, v in raw.items() if k in RESOURCE_KEYS}, Resources(), f"cluster config {name}")
     stages = {}
     from fyp.stages import PIPELINE  # the stage names are fixed by the protocol, not by what is installed
@@ -192,7 +155,7 @@ def load(name_or_path: str) -> ClusterConfig:
         raise ClusterConfigError(f"unknown cluster {name_or_path!r}; valid clusters: {', '.join(available_clusters())} "
                                  f"(or a path to a .yaml file)")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ClusterConfigError(f"cluster config {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
     return from_dict(raw, path.stem)

@@ -21,7 +21,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fyp.config import ConfigError, load_preset, parse_override
+from fyp.config import ConfigError, parse_overrides
 from fyp.run import CONFIG_NAME, Run
 from fyp.stages import PIPELINE, Stage, available_stages, get_stage
 from fyp.store import ShardError, StoreError
@@ -40,13 +40,6 @@ class UsageError(ValueError):
 
 def echo(msg: str = "") -> None:
     print(msg, flush=True)
-
-
-def _merge(base: dict, over: dict) -> dict:
-    out = dict(base)
-    for key, value in over.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
 
 
 # commands that are whole programs of fyp.evaluation: the rest of argv goes to their `main(argv)`
@@ -251,22 +244,19 @@ def _presets() -> list[str]:
 
 def ensure_run(args) -> tuple[Run, bool]:
     """Open the run, or create it (prepare/pipeline); returns (run, in_memory)."""
+    from fyp.data.stage import check_same_settings, create_run, resolve_settings
+
     run_dir = Path(args.run)
+    overrides = parse_overrides(args.set)
     if (run_dir / CONFIG_NAME).exists():
-        return Run.open(run_dir), False
+        run = Run.open(run_dir)
+        if args.preset or overrides or args.samples is not None or args.shards is not None:
+            check_same_settings(run, args.preset, overrides, args.samples, args.shards)  # other settings: refused
+        return run, False
     if not args.preset:
         raise UsageError(f"{run_dir} is not a prepared run yet: give --preset (one of {', '.join(_presets())})")
-    overrides: dict = {}
-    for text in args.set:
-        overrides = _merge(overrides, parse_override(text))
-    if args.dry_run:  # nothing written: resolve the configuration in memory
-        extra = {}
-        if args.samples is not None:
-            extra["data"] = {"samples": args.samples}
-        if args.shards is not None:
-            extra["shards"] = args.shards
-        return Run(run_dir, load_preset(args.preset, _merge(overrides, extra))), True
-    from fyp.data.stage import create_run
+    if args.dry_run:  # nothing written: resolve (and validate) the configuration in memory
+        return Run(run_dir, resolve_settings(args.preset, overrides, args.samples, args.shards)), True
 
     run = create_run(run_dir, args.preset, overrides, args.samples, args.shards)
     echo(f"created run {run_dir} (preset {args.preset}, {run.config.shards} shards)")
@@ -308,6 +298,7 @@ def cmd_stage(name: str, argv: list[str]) -> int:
             return 0
     else:
         run, in_memory = Run.open(args.run), False
+    stage.check_options(run, opts)
     sub = Submitter(run, cluster, args.dry_run, in_memory)
     result = sub.stage(stage, opts, spec, args.retry_failed)
     if result.failed:

@@ -39,7 +39,7 @@ def test_unknown_key_lists_valid_keys():
     ({"stages": {"smaple": {}}}, "stages.smaple is not a stage; valid stages: prepare, sample"),
     ({"stages": {"train": {"gpu": 1}}}, "stages.train: unknown key 'gpu'"),
     ({"rewards": {"hpsv2": {"python": ""}}}, "python must be an interpreter"),
-    ({"sbatch": {"Bad Key": 1}}, "sbatch option 'Bad Key'"),
+    ({"sbatch": {"Bad Key": 1}}, "sbatch option key must be a long option name such as 'mail-type', got 'Bad Key'"),
 ])
 def test_bad_values_are_named(raw, needle):
     with pytest.raises(ClusterConfigError, match=needle.replace("(", r"\(")):

@@ -190,3 +190,44 @@ def test_tiny_local_judge_greedy_answers_do_not_depend_on_the_batch(tiny_judge):
     together = [r.raw for r in tiny_judge.judge_batch(originals, masks, prompts, results)]
     alone = [tiny_judge.judge(originals[i], masks[i], prompts[i], results[i]).raw for i in range(3)]
     assert together == alone and all(isinstance(t, str) and t for t in together)
+
+
+# The official evaluation asks GPT-4 for "a sub-score and a 1-2-sentence justification" per criterion and a total,
+# under the headings Aesthetic Quality, Structural Accuracy, Semantic Alignment and Overall Score. Hand-written
+# answers in the shapes GPT-4 gives them (markdown headings, the rubric's range echoed, score on the next line).
+OFFICIAL_ANSWERS = [
+    ("**Aesthetic Quality (0\u201340 points): 34**\nThe colours of the new region harmonise with the scene; the "
+     "texture is slightly smoother than the rest.\n\n**Structural Accuracy (0\u201330 points): 25**\nThe fence "
+     "continues across the mask boundary, with a faint seam at the top edge.\n\n**Semantic Alignment (0\u201330 "
+     "points): 28**\nA red bicycle leans on the fence as the prompt asks.\n\n**Overall Score: 87/100**",
+     (34, 25, 28)),
+    ("1. Aesthetic Quality: 31/40\n   - Pleasant colours, but 2 small artefacts near the wheel.\n"
+     "2. Structural Accuracy: 22/30\n   - The horizon bends at the mask edge.\n"
+     "3. Semantic Alignment: 30/30\n   - Exactly what the prompt describes.\n\nOverall Score: 83/100", (31, 22, 30)),
+    ("### Aesthetic Quality (36/40)\nRich, coherent colours.\n### Structural Accuracy (27/30)\nSeamless.\n"
+     "### Semantic Alignment (18/30)\nThe dog is there but 3 cats were asked for.\n### Overall Score: 81", (36, 27, 18)),
+    ("Aesthetic Quality\nScore: 20\nJustification: flat lighting, 4 visible seams.\n\nStructural Accuracy\n"
+     "Score: 15.5\nJustification: the table leg is broken.\n\nSemantic Alignment\nScore: 10\nJustification: the vase "
+     "is missing.\n\nOverall Score: 45.5", (20, 15.5, 10)),
+    ('{"Aesthetic Quality": {"score": 33, "justification": "balanced"}, "Structural Accuracy": {"score": 24, '
+     '"justification": "one seam"}, "Semantic Alignment": {"score": 29, "justification": "faithful"}, '
+     '"Overall Score": 86}', (33, 24, 29)),
+    ("I evaluated Aesthetic Quality, Structural Accuracy and Semantic Alignment.\n\n- **Aesthetic Quality**: 38 "
+     "points. Beautiful.\n- **Structural Accuracy**: 29 points. Clean edges.\n- **Semantic Alignment**: 12 points. "
+     "Wrong object.\n\n**Total Score: 79/100**", (38, 29, 12)),
+]
+
+
+@pytest.mark.parametrize("text,subs", OFFICIAL_ANSWERS)
+def test_parse_judgement_reads_the_official_gpt4_format(text, subs):
+    r = parse_judgement(text)
+    assert (r.aesthetic, r.structural, r.semantic) == subs
+    assert r.valid and r.total == pytest.approx(sum(subs))  # 40-30-30: the total is the sum of the sub-scores
+
+
+def test_official_format_without_a_score_is_still_nan():
+    # headings with justifications but no numbers: a number inside a justification is not a sub-score
+    text = ("**Aesthetic Quality**: The image shows 3 birds in warm light.\n**Structural Accuracy**: The 2 "
+            "branches join well.\n**Semantic Alignment**: Faithful.\nOverall Score: 90/100")
+    r = parse_judgement(text)
+    assert _nan(r.aesthetic) and _nan(r.structural) and _nan(r.semantic) and not r.valid

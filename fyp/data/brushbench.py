@@ -7,14 +7,16 @@ They are decoded at the image's own size (512x512 in the released benchmark). It
 from __future__ import annotations
 
 import json
+from typing import get_args
 
+from ..config import MaskKind
 from .base import Reader, ReaderError
-from .paths import resolve_in_folder
+from .paths import inside, resolve_in_folder
 from .rle import RLEError, rle_decode
 from .sample import REASON_BAD_RECORD, REASON_BAD_RLE, REASON_MISSING_PROMPT, BadSample, Sample
 from .transforms import decode_image, fit_pair
 
-MASK_KINDS = ("inpainting", "outpainting")
+MASK_KINDS = get_args(MaskKind)  # the allowed values live in fyp.config
 
 
 class BrushBenchReader(Reader):
@@ -47,7 +49,9 @@ class BrushBenchReader(Reader):
         prompt = item.get("caption")
         if not isinstance(prompt, str) or not prompt.strip():
             raise BadSample(REASON_MISSING_PROMPT, f"item {key} has no caption")
-        image = decode_image(path=self.root / item["image"], what="image")
+        if not isinstance(item["image"], str):
+            raise BadSample(REASON_BAD_RECORD, f"item {key}: 'image' must be a path, got {item['image']!r}")
+        image = decode_image(path=inside(self.root, item["image"], "image"), what="image")
         try:
             mask = rle_decode(item[self.mask_key], (image.height, image.width), order="C")
         except RLEError as exc:

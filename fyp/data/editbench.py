@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
+from typing import get_args
 
+from ..config import PromptKind
 from .base import Reader, ReaderError
+from .paths import inside
 from .sample import REASON_BAD_RECORD, REASON_MISSING_PROMPT, BadSample, Sample
 from .transforms import decode_image, decode_mask_image, fit_pair
 
-PROMPT_KINDS = ("mask-simple", "mask-rich", "full")
+PROMPT_KINDS = get_args(PromptKind)  # the allowed values live in fyp.config
 PARTS = ("natural", "generated")
 
 
@@ -60,7 +63,7 @@ class EditBenchReader(Reader):
         prompt = (row.get(self.column) or "").strip()
         if not prompt:
             raise BadSample(REASON_MISSING_PROMPT, f"{part}-{aos} has no {self.column}")
-        image = decode_image(path=self.root / f"references_{part}" / f"{aos}.png", what="image")
-        mask = decode_mask_image(self.root / f"masks_{part}" / f"{aos}.png")
+        image = decode_image(path=inside(self.root, f"references_{part}/{aos}.png", "image"), what="image")
+        mask = decode_mask_image(inside(self.root, f"masks_{part}/{aos}.png", "mask"))
         image_array, mask_array = fit_pair(image, mask, self.resolution)
         return Sample(image=image_array, mask=mask_array, prompt=prompt, id=self.item_id(index))

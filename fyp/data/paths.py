@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import glob
 import itertools
+import os
 import re
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from .base import ReaderError
+from .sample import REASON_OUTSIDE, BadSample
 
 _RANGE = re.compile(r"\{(\d+)\.\.(\d+)\}")
 _LIST = re.compile(r"\{([^{}]*,[^{}]*)\}")
@@ -56,3 +58,15 @@ def resolve_in_folder(path: str | None, name: str, what: str) -> tuple[Path, Pat
     if not file.is_file():
         raise ReaderError(f"{what}: {file} does not exist")
     return file.parent, file
+
+
+def inside(root: Path, relative: str, what: str) -> Path:
+    """`root / relative` for a path a dataset's metadata names; BadSample when it is absolute or leaves `root`
+    through '..' (a mapping file must not make the suite read files outside the dataset). The check is on
+    the path as written: links inside the dataset folder are followed (datasets are often linked in)."""
+    text = str(relative)
+    parts = PurePosixPath(text.replace("\\", "/")).parts
+    if (PurePosixPath(text).is_absolute() or PureWindowsPath(text).is_absolute() or PureWindowsPath(text).drive
+            or os.path.normpath(text.replace("\\", "/")).split("/")[0] == ".." or not parts):
+        raise BadSample(REASON_OUTSIDE, f"{what} {text!r} is not a relative path inside {root}")
+    return Path(root) / text

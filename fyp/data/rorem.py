@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 from .base import Reader, ReaderError
+from .paths import inside
 from .sample import REASON_BAD_RECORD, REASON_TARGET_SIZE, BadSample, Sample
 from .transforms import decode_image, decode_mask_image, fit_image, fit_pair
 
@@ -54,9 +55,9 @@ class RORemReader(Reader):
         entry = self.entries[index]
         if not isinstance(entry, dict) or not all(isinstance(entry.get(k), str) for k in ("source", "mask", "GT")):
             raise BadSample(REASON_BAD_RECORD, f"entry {index} of meta.json lacks source/mask/GT paths")
-        image = decode_image(path=self.root / entry["source"], what="source")
-        mask = decode_mask_image(self.root / entry["mask"])
-        target = decode_image(path=self.root / entry["GT"], what="GT")
+        image = decode_image(path=inside(self.root, entry["source"], "source"), what="source")
+        mask = decode_mask_image(inside(self.root, entry["mask"], "mask"))
+        target = decode_image(path=inside(self.root, entry["GT"], "GT"), what="GT")
         if target.size != image.size:
             raise BadSample(REASON_TARGET_SIZE, f"GT is {target.height}x{target.width} but the source is "
                                               f"{image.height}x{image.width}")

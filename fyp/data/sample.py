@@ -5,6 +5,7 @@ before the first ':' is one of the `REASON_*` kinds below, so reasons can be cou
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,6 +20,7 @@ REASON_TARGET_SIZE = "target size mismatch"  # ground truth and image disagree i
 REASON_MISSING_PROMPT = "missing prompt"  # no caption where the dataset needs one
 REASON_BAD_RLE = "undecodable rle"  # malformed run-length encoding
 REASON_BAD_RECORD = "bad record"  # a record lacks fields or its metadata does not parse
+REASON_OUTSIDE = "path outside dataset"  # a record names an absolute path or one that leaves the dataset folder
 REASON_ERROR = "unexpected error"  # anything else a reader raised (the exception's first line follows)
 
 
@@ -35,8 +37,14 @@ class BadSample(Exception):
         return one_line(str(self))
 
 
+# Object reprs in exception texts carry memory addresses ("<_io.BytesIO object at 0x7f3a...>"): dropped,
+# so a re-run writes the same reason (a reason is data in the store, compared across runs).
+_ADDRESS = re.compile(r"\s+at\s+0x[0-9a-fA-F]+")
+
+
 def one_line(text: str, limit: int = 300) -> str:
-    line = " ".join(str(text).split())
+    """The text on one line, memory addresses removed, at most `limit` characters: a deterministic reason."""
+    line = " ".join(_ADDRESS.sub("", str(text)).split())
     return line if len(line) <= limit else line[: limit - 3] + "..."
 
 

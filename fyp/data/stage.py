@@ -8,7 +8,6 @@ last, done for its slice only (so a killed task leaves its shard not done, and a
 from __future__ import annotations
 
 import collections
-import copy
 import logging
 import sys
 from pathlib import Path
@@ -16,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from ..config import ConfigError, RunConfig, load_preset
+from ..config import ConfigError, RunConfig, differences, load_preset, merge
 from ..run import CONFIG_NAME, Run
 from ..stages import Stage
 from ..store import STORE_NAME, RunStore, Shape
@@ -34,13 +33,6 @@ def reader_for(run_dir: Path, cfg: RunConfig) -> Reader:
     return build_reader(cfg.data, cfg.seed, cache_dir=Path(run_dir) / CACHE_DIR)
 
 
-def _merge(base: dict, over: dict) -> dict:
-    out = copy.deepcopy(base)
-    for key, value in over.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
-
-
 def _latent_shape(cfg: RunConfig) -> tuple[int, int, int]:
     try:
         from ..models.flux_fill import latent_shape
@@ -48,6 +40,36 @@ def _latent_shape(cfg: RunConfig) -> tuple[int, int, int]:
         raise ConfigError(f"sampling.save_latents needs fyp.models.flux_fill.latent_shape, which is not "
                           f"available in this installation ({exc}); set sampling.save_latents=false") from None
     return tuple(int(d) for d in latent_shape(cfg.model, cfg.data.resolution))
+
+
+def resolve_settings(preset: str, overrides: dict | None = None, samples: int | None = None,
+                     shards: int | None = None) -> RunConfig:
+    """The validated configuration of a preset with `--set` overrides and --samples / --shards on top."""
+    extra: dict = {}
+    if samples is not None:
+        extra["data"] = {"samples": samples}
+    if shards is not None:
+        extra["shards"] = shards
+    return load_preset(preset, merge(overrides or {}, extra))
+
+
+def check_same_settings(run: Run, preset: str | None, overrides: dict | None = None, samples: int | None = None,
+                        shards: int | None = None) -> None:
+    """`prepare` again on a prepared run: a no-op with the same settings, refused with others (a run's
+    settings are fixed at prepare; silently keeping the old ones would mislabel everything after)."""
+    wanted = resolve_settings(preset or run.config.preset, overrides, samples, shards)
+    differ = differences(run.config.to_dict(), wanted.to_dict())
+    if differ:
+        shown = ", ".join(f"{key} (run: {_at(run.config.to_dict(), key)!r}, asked: {_at(wanted.to_dict(), key)!r})"
+                          for key in differ[:6]) + (f" and {len(differ) - 6} more" if len(differ) > 6 else "")
+        raise ConfigError(f"{run.dir} was prepared with other settings: {shown}; its settings cannot change: "
+                          f"prepare a new --run directory (or drop the options to continue this run)")
+
+
+def _at(tree: dict, dotted: str):
+    for part in dotted.split("."):
+        tree = tree.get(part) if isinstance(tree, dict) else None
+    return tree
 
 
 def create_run(run_dir: Path | str, preset: str, overrides: dict | None = None, samples: int | None = None,
@@ -58,17 +80,10 @@ def create_run(run_dir: Path | str, preset: str, overrides: dict | None = None, 
     reader has). Everything is checked before anything is written.
     """
     run_dir = Path(run_dir)
-    extra: dict = {}
-    if samples is not None:
-        extra["data"] = {"samples": samples}
-    if shards is not None:
-        extra["shards"] = shards
-    cfg = load_preset(preset, _merge(overrides or {}, extra))
+    cfg = resolve_settings(preset, overrides, samples, shards)
     for existing in (run_dir / CONFIG_NAME, run_dir / STORE_NAME):
         if existing.exists():
             raise FileExistsError(f"{run_dir} is already a prepared run ({existing.name} exists); choose a new --run directory")
-    if cfg.data.samples < 0:
-        raise ConfigError(f"data.samples must be >= 0 (0 = all), got {cfg.data.samples}")
     reader = reader_for(run_dir, cfg)
     available = len(reader)
     n = available if cfg.data.samples == 0 else min(available, cfg.data.samples)

@@ -5,6 +5,12 @@ keeping the aspect ratio (the longer side is rounded to the nearest pixel, at le
 centre RxR (offsets floor((W' - R) / 2), floor((H' - R) / 2)). The image is resampled bicubic; the
 mask nearest-neighbour, from a binary 0/1 mask, so it stays binary; it is re-binarised anyway.
 An image already RxR is passed through untouched.
+
+High bit depths (documented in docs/data.md): 16-bit greyscale (PIL modes I;16*, and I, which PIL uses for
+16- and 32-bit integer images) is scaled to 8 bits as round(v * 255 / 65535) (v / 257), not clipped at 255
+(PIL's own `convert` clips: a 16-bit image came out white); integer values beyond 16 bits scale by the
+image's maximum. Float images (mode F) are taken as 0-1 when their maximum is <= 1, as 0-255 when <= 255,
+else as 16-bit. NaN reads as 0.
 """
 from __future__ import annotations
 
@@ -32,13 +38,33 @@ def _open(source) -> Image.Image:
     return image
 
 
+HIGH_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+
+
+def _full_scale(image: Image.Image, values: np.ndarray) -> float:
+    """The value that maps to 255: the top of the mode's range (see the module's notes)."""
+    top = float(values.max(initial=0.0))
+    if image.mode == "F":
+        return 1.0 if top <= 1.0 else 255.0 if top <= 255.0 else max(65535.0, top)
+    return max(65535.0, top)
+
+
+def to_8bit(image: Image.Image) -> Image.Image:
+    """A high-bit-depth greyscale image as 8-bit 'L', scaled (not clipped); any other mode unchanged."""
+    if image.mode not in HIGH_BIT_MODES:
+        return image
+    values = np.nan_to_num(np.asarray(image, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    scaled = np.clip(values, 0.0, None) * (255.0 / _full_scale(image, values))
+    return Image.fromarray(np.rint(np.clip(scaled, 0, 255)).astype(np.uint8), mode="L")
+
+
 def decode_image(data: bytes | None = None, path: Path | None = None, what: str = "image") -> Image.Image:
     """An RGB PIL image from bytes or a file; BadSample(corrupt image / missing file) otherwise."""
     if path is not None and not Path(path).is_file():
         raise BadSample(REASON_MISSING_FILE, f"{what} {path}")
     try:
         image = _open(io.BytesIO(data) if data is not None else path)
-        return image.convert("RGB")
+        return to_8bit(image).convert("RGB")
     except BadSample:
         raise
     except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError...
@@ -59,6 +85,11 @@ def decode_mask_image(path: Path, threshold: int = 127, what: str = "mask") -> n
         raise
     except Exception as exc:
         raise BadSample(REASON_CORRUPT_IMAGE, one_line(f"{what} {Path(path).name}: {exc}")) from None
+    if image.mode in HIGH_BIT_MODES:  # 16-bit masks: 0/1 stays a 0/1 mask, 0/65535 scales to 0/255
+        raw = np.asarray(image)
+        if np.nanmax(raw, initial=0) == 1:
+            return (np.nan_to_num(raw) > 0).astype(np.uint8)
+        return (np.asarray(to_8bit(image)) > threshold).astype(np.uint8)  # scaled: 0/1 now means dark grey
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         image = image.convert("RGBA").convert("RGB")  # drop alpha, judge by colour
     grey = np.asarray(image.convert("L"))

@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import get_args
 
 import numpy as np
 import torch
 
-TIMESTEP_SAMPLING = ("uniform", "logit-normal")
+from ..config import TimestepSampling
+
+TIMESTEP_SAMPLING = get_args(TimestepSampling)  # the allowed values live in fyp.config
 
 
 def calculate_shift(seq_len: int, base_seq: int = 256, max_seq: int = 4096, base_shift: float = 0.5,

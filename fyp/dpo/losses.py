@@ -21,15 +21,17 @@ This module is the PyTorch reference that `kernels.fused_preference_loss` is tes
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import NamedTuple, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-KINDS = ("dpo", "ipo", "capo", "caen")
+from ..config import Loss, Normalize
+
+KINDS = get_args(Loss)  # the allowed values live in fyp.config
 MARGIN_KINDS = ("capo", "caen")
-NORMALIZE = ("all", "mask")
+NORMALIZE = get_args(Normalize)
 
 
 class PreferenceTerms(NamedTuple):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 
-from ..config import parse_override
+from ..config import parse_overrides
 from ..run import Run
 from ..stages import Option, Stage
 from .train import TrainingPreempted, output_dir  # noqa: F401 - re-exported for hpc/
@@ -23,13 +23,7 @@ def _pairs(run: Run, opts: dict) -> str:
 
 
 def _overrides(opts: dict) -> dict:
-    over: dict = {}
-    for text in opts.get("set") or []:
-        parsed = parse_override(text)
-        if list(parsed) != ["train"]:
-            raise ValueError(f"--set accepts train.* keys only, got {text!r}")
-        over.update(parsed["train"])
-    return over
+    return parse_overrides(opts.get("set"), section="train")
 
 
 class TrainStage(Stage):
@@ -42,6 +36,12 @@ class TrainStage(Stage):
         Option("--set", dict(action="append", default=[], metavar="train.KEY=VALUE",
                              help="override a train setting, e.g. --set train.lr=1e-4 (repeatable)")),
     )
+
+    def check_options(self, run: Run, opts: dict) -> None:
+        """Every `--set` key and value, checked when submitting (and at --dry-run), not when the task runs."""
+        from .train import resolve_config
+
+        resolve_config(run, opts.get("pairs"), opts.get("steps"), _overrides(opts))
 
     def _done(self, run: Run, opts: dict) -> dict | None:
         path = output_dir(run.dir, _pairs(run, opts)) / "done.json"

@@ -38,22 +38,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import ConfigError, RunConfig, TrainConfig, _merge, from_dict, parse_override
+from ..config import ConfigError, RunConfig, TrainConfig, check, from_dict, merge, parse_overrides
 from ..run import Run, atomic_write_text
 from ..store import StoreError
 from . import launch
 from .checkpoints import LAYOUT_NAME, UNIVERSAL_SUFFIX, Layout, check_resumable, to_universal, write_layout
 from .checkpoints import latest as latest_checkpoint
 from .data import PairData, PairsError, PeerFailed, all_ok, build_cache, cache_group, read_pairs
-from .flow import TIMESTEP_SAMPLING, draw_pairs, image_ids, noisy_and_target, predict
-from .losses import KINDS, MARGIN_KINDS, NORMALIZE, preference_terms
+from .flow import draw_pairs, image_ids, noisy_and_target, predict
+from .losses import MARGIN_KINDS, preference_terms
 from .metrics import METRIC_NAMES, preference_metrics
 
 log = logging.getLogger("fyp.dpo")
 
 REQUEUE_EXIT_CODE = 75  # EX_TEMPFAIL: "checkpointed, run me again"
-TRAINABLE = ("all", "attention", "lora")
-LR_SCHEDULES = ("constant", "linear", "cosine")
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"]
 CSV_FIELDS = ("step",) + METRIC_NAMES + ("grad_norm", "lr", "pairs_per_s", "step_seconds")
 
@@ -99,23 +97,8 @@ class TrainResult:
 
 # -- configuration -----------------------------------------------------------------------------------
 def check_train_config(cfg: TrainConfig) -> None:
-    checks = [
-        (cfg.loss in KINDS, f"train.loss must be one of {', '.join(KINDS)}, got {cfg.loss!r}"),
-        (cfg.normalize in NORMALIZE, f"train.normalize must be one of {', '.join(NORMALIZE)}, got {cfg.normalize!r}"),
-        (cfg.trainable in TRAINABLE, f"train.trainable must be one of {', '.join(TRAINABLE)}, got {cfg.trainable!r}"),
-        (cfg.timestep_sampling in TIMESTEP_SAMPLING,
-         f"train.timestep_sampling must be one of {', '.join(TIMESTEP_SAMPLING)}, got {cfg.timestep_sampling!r}"),
-        (cfg.lr_schedule in LR_SCHEDULES, f"train.lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {cfg.lr_schedule!r}"),
-        (cfg.zero_stage in (0, 1, 2, 3), f"train.zero_stage must be 0, 1, 2 or 3, got {cfg.zero_stage}"),
-        (cfg.steps >= 1 and cfg.batch_size >= 1 and cfg.grad_accum >= 1 and cfg.encode_batch >= 1,
-         "train.steps, train.batch_size, train.grad_accum and train.encode_batch must be >= 1"),
-        (cfg.beta > 0 and cfg.lr > 0, "train.beta and train.lr must be > 0"),
-        (cfg.dist_timeout_minutes > 0, "train.dist_timeout_minutes must be > 0"),
-        (cfg.checkpoint_every >= 0 and cfg.warmup_steps >= 0, "train.checkpoint_every and train.warmup_steps must be >= 0"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise ConfigError(message)
+    """Every train setting against its type in fyp.config (allowed values, bounds): one line if bad."""
+    check(cfg, "train")
 
 
 TRAIN_DTYPES = ("float32", "bfloat16")
@@ -138,14 +121,7 @@ def resolve_config(run: Run, pairs: str | None, steps: int | None, overrides: di
         over["pairs"] = pairs
     if steps is not None:
         over["steps"] = steps
-    for key, value in over.items():  # YAML reads "1e-4" as a string: accept it for float settings
-        if isinstance(value, str) and isinstance(raw["train"].get(key), float):
-            try:
-                over[key] = float(value)
-            except ValueError:
-                pass
-    raw["train"] = {**raw["train"], **over}
-    cfg = from_dict(raw)
+    cfg = from_dict(merge(raw, {"train": over}))  # the same types and coercion as at prepare
     check_train_config(cfg.train)
     check_training_dtype(cfg.model.dtype)
     return cfg
@@ -297,7 +273,7 @@ def deepspeed_config(cfg: TrainConfig, world: int, bf16: bool, with_optimizer: b
     if not isinstance(extra, dict):
         raise ConfigError(f"train.options.deepspeed must be a mapping (merged into the DeepSpeed config), "
                           f"got {extra!r}")
-    return _merge(ds, extra)  # e.g. {zero_optimization: {reduce_bucket_size: 5.0e+7}}
+    return merge(ds, extra)  # e.g. {zero_optimization: {reduce_bucket_size: 5.0e+7}}
 
 
 def unsharded_grad_norm(model) -> float:
@@ -585,14 +561,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stop-after", type=int, help="checkpoint and stop after this many steps (testing)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    overrides: dict = {}
-    for text in args.set:
-        parsed = parse_override(text)
-        if list(parsed) != ["train"]:
-            raise SystemExit(f"--set accepts train.* keys only, got {text!r}")
-        overrides.update(parsed["train"])
     install_signal_handler()
     try:
+        overrides = parse_overrides(args.set, section="train")
         result = train(args.run, args.pairs, steps=args.steps, overrides=overrides, stop_after=args.stop_after)
     except TrainingPreempted as exc:
         log.warning("%s", exc)

@@ -9,12 +9,16 @@ CUDA); the default, "reference", needs no compiler.
 """
 from __future__ import annotations
 
+from typing import get_args
+
 import numpy as np
 import torch
 
 from kernels.rank_ensemble_ops import EnsembleResult, ensemble
 
-TIES = ("min", "average", "dense")
+from ..config import Ties
+
+TIES = get_args(Ties)  # the allowed values live in fyp.config
 KINDS = ("capo", "caen")
 
 

@@ -22,16 +22,18 @@ Candidate scaling: `candidates=k'` keeps the first k' candidates and ranks them 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import get_args
 
 import numpy as np
 import torch
 
 from kernels.rank_ensemble_reference import STATUS_NAMES, STATUS_OK, tie_priority
 
+from ..config import PairsMethod
 from .core import as_scores, run_ensemble
 from .weights import PAPER_JUDGE_SCORES, caen_weights, filtered_subset, linear_weights, softmax_weights
 
-METHODS = ("ensemble", "filtered", "linear", "softmax", "capo", "caen", "single", "random")
+METHODS = get_args(PairsMethod)  # the allowed values live in fyp.config
 WEIGHTED_METHODS = ("linear", "softmax", "capo", "caen")  # the methods that take `weights`
 MARGIN_METHODS = ("capo", "caen")
 

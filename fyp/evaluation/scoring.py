@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ..data.sample import one_line
 from ..run import Run
 from .pixels import hole_statistics, kept_metrics, removal_metrics
 
@@ -51,7 +52,7 @@ class MetricSet:
 
     def fail(self, name: str, n: int, reason: str) -> None:
         self.put(name, np.full(n, np.nan, np.float32), n)
-        self.reasons[name] = " ".join(str(reason).split())[:300]
+        self.reasons[name] = one_line(reason)  # one line, no memory addresses: the same on a re-run
         log.warning("eval metric %s failed for %d items: %s", name, n, self.reasons[name])
 
 

@@ -17,11 +17,12 @@ import copy
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import get_args
 
-from ..config import ConfigError, DataConfig
+from ..config import Benchmark, ConfigError, DataConfig
 from ..run import Run
 
-BENCHMARKS = ("synthetic", "brushbench", "editbench", "rorem")
+BENCHMARKS = get_args(Benchmark)  # the allowed values live in fyp.config
 REMOVAL_BENCHMARKS = ("rorem",)
 BASELINE = "baseline"
 _SAFE = re.compile(r"[^A-Za-z0-9_.+-]+")

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..run import atomic_write_text
+from ..run import atomic_write_text, umask_mode
 
 
 def _csv(rows: list[list]) -> str:
@@ -61,6 +61,7 @@ def save_heatmap(path: Path, names: list[str], tau: np.ndarray, title: str) -> N
     os.close(fd)
     fig.savefig(tmp, dpi=120)
     plt.close(fig)
+    os.chmod(tmp, umask_mode())  # mkstemp made it 0600
     os.replace(tmp, path)
 
 

@@ -22,11 +22,12 @@ import shutil
 
 import numpy as np
 
+from ..config import PairsMethod, RewardName, Ties, coerce
 from ..ensemble import kendall_tau_matrix, pairs_from_plan
 from ..run import Run
 from ..stages import Option, Stage
 from ..store import RunStore, StoreError
-from .plan import PairsOptionError, PairsPlan, resolve
+from .plan import PairsOptionError, PairsPlan, parse_list, resolve
 from .report import write_report
 
 log = logging.getLogger("fyp")
@@ -92,6 +93,13 @@ class PairsStage(Stage):
         Option("--backend", dict(default=None, help="auto | reference | cpp | triton (default: auto = C++ kernel "
                                                     "when a compiler exists)")),
     )
+
+    def check_options(self, run: Run, opts: dict) -> None:
+        """The flags' values by the config's types, when submitting (the rest needs the scores: at the task)."""
+        for key, hint in (("method", PairsMethod), ("ties", Ties), ("reward", RewardName)):
+            if opts.get(key) is not None:
+                coerce(hint, opts[key], f"--{key}")
+        coerce(list[RewardName], parse_list(opts.get("rewards")), "--rewards")
 
     def plan(self, run: Run, opts: dict, store: RunStore | None = None) -> PairsPlan:
         store = store or run.store(mode="r")

@@ -6,7 +6,11 @@ texture realism), Structural coherence 0-S (geometry and continuity, seamless ma
 total is 100 * (aesthetic + structural + semantic) / (A + S + M), so every variant's total is on 0-100.
 
 The answer is a JSON object; parsing is lenient (code fences, text around the object, single quotes, trailing
-commas, numbers as strings such as "35" or "35/40", key spellings such as "Aesthetic quality"). A sub-score outside
+commas, numbers as strings such as "35" or "35/40", key spellings such as "Aesthetic quality"). Answers in the
+official GPT-4 evaluation's free-text format parse too: "Aesthetic Quality", "Structural Accuracy" (or Coherence),
+"Semantic Alignment" headings with their sub-score on the heading's line ("**Aesthetic Quality (0-40 points): 34**",
+"Aesthetic Quality: 34/40", "### Aesthetic Quality (34/40)") or on the next line ("Score: 34"), then a 1-2 sentence
+justification and an "Overall Score: 87/100" (the total is still computed from the sub-scores). A sub-score outside
 its range is clamped (out_of_range="clamp", default) or invalid (out_of_range="invalid"). A sub-score that is
 missing or invalid makes the total NaN, and the judgement counts in `failures`.
 
@@ -54,7 +58,8 @@ BIAS_PROMPT = (
 
 _ALIASES = {
     "aesthetic": ("aesthetic", "aesthetic_quality", "aesthetics", "aesthetic_score"),
-    "structural": ("structural", "structural_coherence", "structure", "structural_score"),
+    "structural": ("structural", "structural_coherence", "structural_accuracy", "structure", "structure_accuracy",
+                   "structural_score"),
     "semantic": ("semantic", "semantic_alignment", "semantics", "semantic_score"),
     "brightness": ("brightness", "bright"),
     "composition": ("composition", "complexity", "detail"),
@@ -62,6 +67,13 @@ _ALIASES = {
                "colorfulness"),
 }
 _NUMBER = re.compile(r"[-+]?\d+(?:\.\d+)?")
+# A criterion heading's line: the sub-score follows the label, after punctuation, markdown, a stated range
+# "(0-40 points)" and filler words ("score", "points", "is"); a justification sentence first means no score there.
+_RANGE = re.compile(r"\d+(?:\.\d+)?\s*(?:-|\u2013|\u2014|to)\s*\d+(?:\.\d+)?\s*(?:points?|pts)?", re.IGNORECASE)
+_FILLER = r"(?:[^\w+-]|_|(?:sub-?score|score|rating|points?|pts|is|of|given|awarded)\b|-(?!\d))*"
+_SCORE_AFTER_LABEL = re.compile(r"^" + _FILLER + r"(" + _NUMBER.pattern + r")", re.IGNORECASE)
+_SCORE_LINE = re.compile(r"^[\W_]*(?:sub-?score|score|rating|points)\b" + _FILLER + r"(" + _NUMBER.pattern + r")",
+                         re.IGNORECASE)
 
 
 @dataclass
@@ -151,7 +163,8 @@ def _number(value) -> float:
 
 
 def _fields(text: str, names: tuple[str, ...]) -> dict[str, float]:
-    """Each named field as a float (NaN when absent); JSON first, then `name: number` patterns in the text."""
+    """Each named field as a float (NaN when absent): from the JSON object if the answer has one, else (or for a
+    field the JSON lacks) from labelled lines in the text (`Aesthetic Quality (0-40 points): 35`)."""
     obj = _json_object(text) or {}
     flat = {_normalise_key(k): v for k, v in obj.items()}
     out = {}
@@ -161,14 +174,28 @@ def _fields(text: str, names: tuple[str, ...]) -> dict[str, float]:
             if alias in flat:
                 value = _number(flat[alias])
                 break
-        if math.isnan(value) and not obj:  # no JSON at all: accept `Aesthetic quality: 35` lines
-            pattern = r"(?:" + "|".join(a.replace("_", r"[ _]") for a in _ALIASES[name]) + r")\W{0,3}\s*[:=]\s*\"?(" \
-                      + _NUMBER.pattern + ")"
-            match = re.search(pattern, text, re.IGNORECASE)
-            if match:
-                value = float(match.group(1))
+        if math.isnan(value):
+            value = _labelled(text, name)
         out[name] = value
     return out
+
+
+def _labelled(text: str, name: str) -> float:
+    """The score written after the first heading of `name` that carries one, on its line or the next line."""
+    aliases = sorted(_ALIASES[name], key=len, reverse=True)  # "aesthetic quality" is tried before "aesthetic"
+    label = re.compile(r"\b(?:" + "|".join(a.replace("_", r"[\s_]+") for a in aliases) + r")\b", re.IGNORECASE)
+    lines = text.splitlines()
+    for number, line in enumerate(lines):
+        for match in label.finditer(line):
+            rest = _RANGE.sub(" ", line[match.end():])
+            found = _SCORE_AFTER_LABEL.match(rest)
+            if found:
+                return float(found.group(1))
+            following = next((n for n in lines[number + 1:number + 3] if n.strip()), "")
+            found = _SCORE_LINE.match(following.strip())
+            if found and not label.search(following):
+                return float(found.group(1))
+    return math.nan
 
 
 def _in_range(value: float, low: float, high: float, out_of_range: str) -> float:
