@@ -21,9 +21,9 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fyp.config import ConfigError, load_preset, parse_override
+from fyp.config import ConfigError, parse_override
 from fyp.run import CONFIG_NAME, Run
-from fyp.stages import PIPELINE, Stage, available_stages, get_stage
+from fyp.stages import PIPELINE, TOOLS as FYP_TOOLS, Stage, available_stages, get_stage, option_defaults
 from fyp.store import ShardError, StoreError
 
 from . import arrayspec, clusters, ledger, local, render, slurm, status
@@ -49,8 +49,8 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
-# commands that are whole programs of fyp.evaluation: the rest of argv goes to their `main(argv)`
-TOOLS = {"study": "fyp.evaluation.study", "agreement": "fyp.evaluation.agreement", "scaling": "fyp.evaluation.scaling"}
+# commands that are whole programs: the rest of argv goes to their `main(argv)`
+TOOLS = {**FYP_TOOLS, "scaling": "hpc.scaling"}
 COMMANDS = ("status", "pipeline", *PIPELINE, *TOOLS)
 
 
@@ -249,8 +249,8 @@ def _presets() -> list[str]:
     return available_presets()
 
 
-def ensure_run(args) -> tuple[Run, bool]:
-    """Open the run, or create it (prepare/pipeline); returns (run, in_memory)."""
+def ensure_run(args, stage: Stage) -> tuple[Run, bool]:
+    """Open the run, or create it with the stage that creates runs (prepare/pipeline); returns (run, in_memory)."""
     run_dir = Path(args.run)
     if (run_dir / CONFIG_NAME).exists():
         return Run.open(run_dir), False
@@ -259,18 +259,10 @@ def ensure_run(args) -> tuple[Run, bool]:
     overrides: dict = {}
     for text in args.set:
         overrides = _merge(overrides, parse_override(text))
-    if args.dry_run:  # nothing written: resolve the configuration in memory
-        extra = {}
-        if args.samples is not None:
-            extra["data"] = {"samples": args.samples}
-        if args.shards is not None:
-            extra["shards"] = args.shards
-        return Run(run_dir, load_preset(args.preset, _merge(overrides, extra))), True
-    from fyp.data.stage import create_run
-
-    run = create_run(run_dir, args.preset, overrides, args.samples, args.shards)
-    echo(f"created run {run_dir} (preset {args.preset}, {run.config.shards} shards)")
-    return run, False
+    run = stage.create_run(run_dir, args.preset, overrides, args.samples, args.shards, dry_run=args.dry_run)
+    if not args.dry_run:  # a dry run resolved the configuration in memory and wrote nothing
+        echo(f"created run {run_dir} (preset {args.preset}, {run.config.shards} shards)")
+    return run, args.dry_run
 
 
 def _finish(sub: Submitter, wait: bool, stage_names: list[str]) -> int:
@@ -292,18 +284,18 @@ def _finish(sub: Submitter, wait: bool, stage_names: list[str]) -> int:
 def cmd_stage(name: str, argv: list[str]) -> int:
     stage = load_stage(name)
     parser = argparse.ArgumentParser(prog=f"python -m hpc.submit {name}")
-    _common(parser, creating=name == "prepare")
+    _common(parser, creating=stage.creates_run)
     parser.add_argument("--array", help="shards in Slurm syntax: 0-15, 0,3,7, 0-15:4, 0-255%%8 (default: all pending)")
     parser.add_argument("--retry-failed", action="store_true", help="run only the shards whose last task failed")
-    if name == "prepare":
+    if stage.creates_run:
         parser.add_argument("--create-only", action="store_true", help="write config and store, run no task")
     add_stage_options(parser, stage)
     args = parser.parse_args(argv)
     cluster = clusters.load(args.cluster)
     opts = stage_opts(stage, args)
     spec = arrayspec.parse(args.array) if args.array else None
-    if name == "prepare":
-        run, in_memory = ensure_run(args)
+    if stage.creates_run:
+        run, in_memory = ensure_run(args, stage)
         if args.create_only:
             return 0
     else:
@@ -327,21 +319,13 @@ def pipeline_stages() -> list[str]:
     return names
 
 
-def chain_opts(stage: str, names: list[str], run: Run) -> dict:
-    """Options a stage needs in a chain because an upstream stage has not run when it is submitted: eval
-    names the model the chain's train stage will export (`--model all` only finds exports that exist)."""
-    if stage == "eval" and "train" in names and run.config.train.export:
-        return {"trained": run.config.train.pairs}
-    return {}
-
-
 def cmd_pipeline(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m hpc.submit pipeline")
     _common(parser, creating=True)
     args = parser.parse_args(argv)
     cluster = clusters.load(args.cluster)
     names = pipeline_stages()
-    run, in_memory = ensure_run(args)
+    run, in_memory = ensure_run(args, get_stage(names[0]))
     sub = Submitter(run, cluster, args.dry_run, in_memory)
     missing = PIPELINE[len(names)] if len(names) < len(PIPELINE) else None
     echo(f"pipeline on {cluster.name}: {' -> '.join(names)}"
@@ -349,8 +333,8 @@ def cmd_pipeline(argv: list[str]) -> int:
     depends: list[str] = []
     for name in names:
         stage = get_stage(name)
-        opts = {o.dest: o.kwargs.get("default") for o in stage.options}
-        opts.update(chain_opts(name, names, run))
+        opts = option_defaults(stage.options)
+        opts.update(stage.chain_options(run, names))
         result = sub.stage(stage, opts, None, False, depends)
         if result.failed:
             echo(f"pipeline stopped: {name} failed; see `python -m hpc.submit status --run {args.run}`")

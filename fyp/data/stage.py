@@ -50,6 +50,21 @@ def _latent_shape(cfg: RunConfig) -> tuple[int, int, int]:
     return tuple(int(d) for d in latent_shape(cfg.model, cfg.data.resolution))
 
 
+def resolve_config(preset: str, overrides: dict | None = None, samples: int | None = None,
+                   shards: int | None = None) -> RunConfig:
+    """The configuration a new run would get, checked (also the reward names), writing nothing."""
+    from ..rewards.registry import check_names
+
+    extra: dict = {}
+    if samples is not None:
+        extra["data"] = {"samples": samples}
+    if shards is not None:
+        extra["shards"] = shards
+    cfg = load_preset(preset, _merge(overrides or {}, extra))
+    check_names(cfg.reward_names)
+    return cfg
+
+
 def create_run(run_dir: Path | str, preset: str, overrides: dict | None = None, samples: int | None = None,
                shards: int | None = None) -> Run:
     """Resolve the preset, learn N from the reader, write config.yaml, create the store; return the Run.
@@ -58,12 +73,7 @@ def create_run(run_dir: Path | str, preset: str, overrides: dict | None = None, 
     reader has). Everything is checked before anything is written.
     """
     run_dir = Path(run_dir)
-    extra: dict = {}
-    if samples is not None:
-        extra["data"] = {"samples": samples}
-    if shards is not None:
-        extra["shards"] = shards
-    cfg = load_preset(preset, _merge(overrides or {}, extra))
+    cfg = resolve_config(preset, overrides, samples, shards)
     for existing in (run_dir / CONFIG_NAME, run_dir / STORE_NAME):
         if existing.exists():
             raise FileExistsError(f"{run_dir} is already a prepared run ({existing.name} exists); choose a new --run directory")
@@ -89,6 +99,13 @@ def create_run(run_dir: Path | str, preset: str, overrides: dict | None = None, 
 class PrepareStage(Stage):
     name = "prepare"
     sharded = True
+    creates_run = True
+
+    def create_run(self, run_dir, preset: str, overrides: dict, samples: int | None, shards: int | None,
+                   dry_run: bool = False) -> Run:
+        if dry_run:
+            return Run(Path(run_dir), resolve_config(preset, overrides, samples, shards))
+        return create_run(run_dir, preset, overrides, samples, shards)
 
     def pending_shards(self, run: Run, variant: str | None, opts: dict) -> list[int]:
         return run.store(mode="r").pending_shards("samples/done")

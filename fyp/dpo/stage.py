@@ -12,8 +12,8 @@ import json
 
 from ..config import parse_override
 from ..run import Run
-from ..stages import Option, Stage
-from .train import TrainingPreempted, output_dir  # noqa: F401 - re-exported for hpc/
+from ..stages import Option, Program, Stage
+from .train import REQUEUE_EXIT_CODE, TrainingPreempted, output_dir, request_stop
 
 __all__ = ["TrainStage", "TrainingPreempted"]
 
@@ -36,12 +36,18 @@ class TrainStage(Stage):
     name = "train"
     progress_unit = "optimizer steps"
     sharded = False
+    # several GPUs: one `python -m fyp.dpo.train` per GPU (its flags are `options`; torchrun claims --run)
+    program = Program("fyp.dpo.train", "--run-dir", REQUEUE_EXIT_CODE)
     options = (
         Option("--pairs", dict(help="train on pairs/<NAME> (default: the config's train.pairs)")),
         Option("--steps", dict(type=int, help="optimizer steps (default: train.steps)")),
         Option("--set", dict(action="append", default=[], metavar="train.KEY=VALUE",
                              help="override a train setting, e.g. --set train.lr=1e-4 (repeatable)")),
     )
+
+    def request_stop(self) -> bool:
+        request_stop()  # the loop checkpoints after its current step and raises TrainingPreempted
+        return True
 
     def _done(self, run: Run, opts: dict) -> dict | None:
         path = output_dir(run.dir, _pairs(run, opts)) / "done.json"

@@ -33,6 +33,16 @@ def names() -> list[str]:
     return list(_FACTORIES)
 
 
+def check_names(names) -> None:
+    """Refuse reward names no factory builds (at prepare, before anything is sampled), listing the known ones."""
+    unknown = [name for name in names if name not in _FACTORIES]
+    if unknown:
+        from ..config import ConfigError
+
+        raise ConfigError(f"unknown reward{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} in the "
+                          f"config's rewards; known rewards: {', '.join(_FACTORIES)}")
+
+
 def factory(name: str):
     if name not in _FACTORIES:
         raise ValueError(f"unknown reward {name!r}; valid rewards: {', '.join(_FACTORIES)}")
