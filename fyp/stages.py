@@ -14,6 +14,7 @@ counted (`report`) and the line its task logs (`report_line`). `fyp/` imports no
 """
 from __future__ import annotations
 
+import errno
 import importlib
 import logging
 import time
@@ -22,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .run import Run
+from .run import DISK_FULL, Run, disk_full
 
 log = logging.getLogger("fyp")
 
@@ -160,8 +161,14 @@ def execute_shard(stage_name: str, run_dir: str | Path, shard: int, variant: str
         counts = stage.run_shard(run, shard, variant, opts) or {}
     except BaseException as exc:  # noqa: BLE001 - record every failure, then re-raise
         last = f"{type(exc).__name__}: {exc}".splitlines()[0] if str(exc) else type(exc).__name__
+        # an OSError's errno and path let the CLI say "disk full at PATH" in one line; a failure on a full
+        # disk that does not say so (torch.save raises RuntimeError) is recorded as one
+        where = dict(errno=exc.errno, filename=str(exc.filename or "")) if isinstance(exc, OSError) else {}
+        if where.get("errno") not in DISK_FULL and disk_full(run.dir):
+            where = dict(errno=errno.ENOSPC, filename=str(run.dir))
+            last = f"{last} (the disk holding {run.dir} is full)"
         run.write_task_record(stage_name, shard, "failed", variant, error=last,
-                              traceback=traceback.format_exc()[-4000:], seconds=time.time() - start)
+                              traceback=traceback.format_exc()[-3000:], seconds=time.time() - start, **where)
         raise
     seconds = time.time() - start
     run.write_task_record(stage_name, shard, "done", variant, seconds=seconds, **counts)

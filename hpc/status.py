@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fyp.run import Run
-from fyp.stages import PIPELINE, Stage, available_stages, get_stage
+from fyp.stages import PIPELINE, Stage, available_stages, get_stage, option_defaults
 
 from . import ledger, slurm
 
@@ -192,7 +192,7 @@ def collect(run_dir: Path | str, stage_names: list[str] | None = None, opts: dic
     out = []
     for name in names:
         stage = get_stage(name)
-        stage_opts = {o.dest: o.kwargs.get("default") for o in stage.options}
+        stage_opts = option_defaults(stage.options)
         stage_opts.update(opts or {})
         try:
             variants = stage.variants(run, stage_opts)

@@ -17,6 +17,8 @@ Exit codes: 0 success (or nothing to do), 1 a task failed, 2 bad input (message 
 from __future__ import annotations
 
 import argparse
+import errno
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,15 +29,31 @@ from fyp.stages import PIPELINE, TOOLS as FYP_TOOLS, Stage, available_stages, ge
 from fyp.store import ShardError, StoreError
 
 from . import arrayspec, clusters, ledger, local, render, slurm, status
-from .options import add_stage_options, stage_opts, to_argv
+from .options import OptionError, add_stage_options, stage_opts, to_argv
 from .task import finalize as finalize_inline
 
-USER_ERRORS = (ConfigError, clusters.ClusterConfigError, arrayspec.ArraySpecError, render.RenderError,
+USER_ERRORS = (ConfigError, OptionError, clusters.ClusterConfigError, arrayspec.ArraySpecError, render.RenderError,
                slurm.SlurmError, StoreError, ShardError, FileNotFoundError, FileExistsError)
 
 
 class UsageError(ValueError):
     pass
+
+
+# the run directory cannot be written: a full disk or quota, a read-only filesystem, no permission
+UNWRITABLE = {errno.ENOSPC: "no space left on the device (free some, or move the run)",
+              errno.EDQUOT: "disk quota exceeded (free some, or move the run)",
+              errno.EROFS: "the filesystem is read-only (give a writable --run directory)",
+              errno.EACCES: "permission denied (give a writable --run directory)",
+              errno.EPERM: "permission denied (give a writable --run directory)"}
+
+
+def unwritable_line(exc: OSError) -> str:
+    return f"cannot write {exc.filename or 'the run directory'}: {UNWRITABLE[exc.errno]}"
+
+
+class TaskUnwritable(OSError):
+    """A task failed because it could not write the run directory (its record says errno and path)."""
 
 
 def echo(msg: str = "") -> None:
@@ -219,6 +237,10 @@ class Submitter:
             local.run_tasks(self.run.dir, tasks, self.cluster.resources, throttle, echo=echo)
         failed = {t.variant for t in tasks if t.state == "failed"}
         result.failed = bool(failed)
+        stuck = [t for t in tasks if t.state == "failed" and t.record.get("errno") in UNWRITABLE]
+        if stuck:  # the environment, not the stage: say so in one line (the task records say "failed")
+            record = stuck[0].record
+            raise TaskUnwritable(record["errno"], os.strerror(record["errno"]), record.get("filename") or None)
         for plan in work:
             label = stage.name + (f"/{plan.variant}" if plan.variant else "")
             if plan.variant in failed or not plan.covers_rest:
@@ -293,7 +315,7 @@ def cmd_stage(name: str, argv: list[str]) -> int:
     args = parser.parse_args(argv)
     cluster = clusters.load(args.cluster)
     opts = stage_opts(stage, args)
-    spec = arrayspec.parse(args.array) if args.array else None
+    spec = arrayspec.parse(args.array) if args.array is not None else None  # --array= is refused, not "all"
     if stage.creates_run:
         run, in_memory = ensure_run(args, stage)
         if args.create_only:
@@ -373,9 +395,21 @@ def main(argv: list[str] | None = None) -> int:
         if command in TOOLS:
             return cmd_tool(command, rest)
         return cmd_stage(command, rest)
-    except (UsageError, *USER_ERRORS) as exc:
-        print(f"error: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}", file=sys.stderr)
+    except OSError as exc:
+        if exc.errno not in UNWRITABLE:
+            if isinstance(exc, USER_ERRORS):
+                return _one_line(exc)
+            raise
+        label = f"{command}: a task failed: " if isinstance(exc, TaskUnwritable) else ""
+        print(f"error: {label}{unwritable_line(exc)}; then run again", file=sys.stderr)
         return 2
+    except (UsageError, *USER_ERRORS) as exc:
+        return _one_line(exc)
+
+
+def _one_line(exc: BaseException) -> int:
+    print(f"error: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":
