@@ -240,7 +240,7 @@ class Submitter:
         stuck = [t for t in tasks if t.state == "failed" and t.record.get("errno") in UNWRITABLE]
         if stuck:  # the environment, not the stage: say so in one line (the task records say "failed")
             record = stuck[0].record
-            raise TaskUnwritable(record["errno"], os.strerror(record["errno"]), record.get("filename") or None)
+            raise TaskUnwritable(record["errno"], os.strerror(record["errno"]), record.get("filename") or str(self.run.dir))
         for plan in work:
             label = stage.name + (f"/{plan.variant}" if plan.variant else "")
             if plan.variant in failed or not plan.covers_rest:
