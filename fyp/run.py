@@ -7,10 +7,14 @@
                                   the last outcome of each shard task: state, counts, throughput, error
 
 Task records are plain JSON files written atomically (temp + rename) outside the Zarr store, so a task
-never touches store metadata. They are what `status` reads for failures and last error lines.
+never touches store metadata. They are what `status` reads for failures and last error lines. Each
+record file is padded to one filesystem block (RECORD_RESERVE): on a full disk, where the temp file of an
+atomic write cannot be made, the task's last state ("failed", with the reason) is written over the
+previous record in place, in blocks the file already holds, rather than leaving it "running".
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -23,6 +27,19 @@ from .config import RunConfig
 from .store import RunStore
 
 CONFIG_NAME = "config.yaml"
+RECORD_RESERVE = 4096  # bytes every task record file keeps (one block): room for its last state on a full disk
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+FULL_BELOW = 4 << 20  # bytes free under which a failure counts as "the disk is full": some writers (torch.save's
+#   zip writer) report ENOSPC as a RuntimeError without errno, so the free space is what says it
+
+
+def disk_full(path: Path | str) -> bool:
+    """Whether the filesystem holding `path` has (almost) no space left for this user."""
+    try:
+        info = os.statvfs(path)
+    except OSError:
+        return False
+    return info.f_bavail * info.f_frsize < FULL_BELOW
 
 
 def umask_mode() -> int:
@@ -95,8 +112,33 @@ class Run:
 
     def write_task_record(self, stage: str, shard: int, state: str, variant: str | None = None, **info) -> None:
         record = dict(stage=stage, variant=variant, shard=shard, state=state, time=time.time(), **info)
-        atomic_write_text(self.task_record_path(stage, shard, variant), json.dumps(record, indent=1))
+        path = self.task_record_path(stage, shard, variant)
+        text = json.dumps(record, indent=1)
+        try:
+            atomic_write_text(path, text + " " * (RECORD_RESERVE - 1 - len(text)) + "\n")
+        except OSError as exc:
+            if exc.errno not in DISK_FULL or not path.exists():
+                raise
+            _overwrite_record(path, record)
 
     def task_records(self, stage: str, variant: str | None = None) -> list[dict]:
         folder = self.dir.joinpath("tasks", stage, *([variant] if variant else []))
         return [json.loads(p.read_text()) for p in sorted(folder.glob("shard-*.json"))]
+
+
+def _overwrite_record(path: Path, record: dict) -> None:
+    """Write `record` over the file at `path` in place, within its current size (no new blocks on a full
+    disk); the traceback is dropped and the error shortened to fit. Not atomic: the last resort."""
+    size = path.stat().st_size
+    record = {k: v for k, v in record.items() if k != "traceback"}
+    for limit in (1000, 200, 0):
+        if "error" in record:
+            record["error"] = str(record["error"])[:limit]
+        text = json.dumps(record)
+        if len(text) + 1 <= size:
+            break
+    else:
+        raise OSError(errno.ENOSPC, "no space left to record the task's state", str(path))
+    data = (text + " " * (size - 1 - len(text)) + "\n").encode()
+    with open(path, "r+b") as handle:
+        handle.write(data[:size])

@@ -2,9 +2,14 @@
 
     0-15        a range            0,3,7     a list           0-15:4    a range with a step (0,4,8,12)
     0-255%8     at most 8 tasks running at once (the throttle), applies to the whole spec
+
+Ranges are kept as ranges: `0-99999999999` costs nothing until its indices are listed, and `check_within`
+refuses indices past a run's shards without listing them (only then are `indices` materialised).
 """
 from __future__ import annotations
 
+import heapq
+import itertools
 import re
 from dataclasses import dataclass
 
@@ -16,23 +21,47 @@ class ArraySpecError(ValueError):
 _PART = re.compile(r"^(\d+)(?:-(\d+)(?::(\d+))?)?$")
 
 
+MAX_INDICES = 10_000_000  # listing more would take gigabytes; no run has that many shards
+
+
 @dataclass(frozen=True)
 class ArraySpec:
-    indices: tuple[int, ...]  # sorted, unique
+    ranges: tuple[range, ...]  # as written, each with a positive step
     throttle: int | None = None  # the %N suffix
+
+    def __iter__(self):
+        """The indices in increasing order, each once, without listing them all."""
+        merged = heapq.merge(*self.ranges)
+        return (index for index, _ in itertools.groupby(merged))
+
+    @property
+    def max_index(self) -> int:
+        return max(r[-1] for r in self.ranges)
+
+    @property
+    def indices(self) -> tuple[int, ...]:  # sorted, unique
+        if sum(len(r) for r in self.ranges) > MAX_INDICES:
+            raise ArraySpecError(f"--array {render_ranges(self.ranges)} lists more than {MAX_INDICES} indices")
+        return tuple(self)
+
+
+def render_ranges(ranges) -> str:
+    return ",".join(str(r.start) if len(r) == 1 else f"{r.start}-{r[-1]}" + (f":{r.step}" if r.step > 1 else "")
+                    for r in ranges)
 
 
 def parse(text: str) -> ArraySpec:
     text = text.strip()
     if not text:
-        raise ArraySpecError("--array is empty; expected Slurm syntax such as 0-15, 0,3,7, 0-15:4 or 0-255%8")
+        raise ArraySpecError("--array is empty; give shards in Slurm syntax such as 0-15, 0,3,7, 0-15:4 or 0-255%8, "
+                             "or leave --array out for every pending shard")
     body, throttle = text, None
     if "%" in text:
         body, _, limit = text.partition("%")
         if not limit.isdigit() or int(limit) < 1:
             raise ArraySpecError(f"--array {text!r}: the throttle after % must be a positive integer")
         throttle = int(limit)
-    indices: set[int] = set()
+    ranges = []
     for part in body.split(","):
         match = _PART.match(part.strip())
         if not match:
@@ -45,15 +74,17 @@ def parse(text: str) -> ArraySpec:
             raise ArraySpecError(f"--array {text!r}: range {part!r} ends before it starts")
         if stride < 1:
             raise ArraySpecError(f"--array {text!r}: step in {part!r} must be >= 1")
-        indices.update(range(first, last + 1, stride))
-    return ArraySpec(tuple(sorted(indices)), throttle)
+        ranges.append(range(first, last + 1, stride))
+    return ArraySpec(tuple(ranges), throttle)
 
 
 def check_within(spec: ArraySpec, shards: int, stage: str) -> None:
-    outside = [i for i in spec.indices if i >= shards]
-    if outside:
-        shown = format_indices(outside[:5]) + (" ..." if len(outside) > 5 else "")
-        raise ArraySpecError(f"{stage}: --array index {shown} is outside this run's shards 0-{shards - 1}")
+    if spec.max_index < shards:
+        return
+    # each range clipped to its part past the shards: shown compactly, never listed
+    outside = [r[max(0, -(-(shards - r.start) // r.step)):] for r in spec.ranges if r[-1] >= shards]
+    shown = render_ranges(sorted(outside, key=lambda r: r.start)[:5]) + (" ..." if len(outside) > 5 else "")
+    raise ArraySpecError(f"{stage}: --array index {shown} is outside this run's shards 0-{shards - 1}")
 
 
 def format_indices(indices) -> str:

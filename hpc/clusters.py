@@ -61,7 +61,13 @@ class Resources:
 
 
 RESOURCE_KEYS = [f.name for f in dataclasses.fields(Resources)]
-TOP_KEYS = ["executor", "max_array_size", "stages", "rewards", "description"] + RESOURCE_KEYS
+def _variant_sections() -> dict[str, str]:
+    from fyp.stages import VARIANT_RESOURCES  # section -> stage whose variants it refines (rewards -> the score stage)
+
+    return VARIANT_RESOURCES
+
+
+TOP_KEYS = ["executor", "max_array_size", "stages", *_variant_sections(), "description"] + RESOURCE_KEYS
 EXECUTORS = get_args(Executor)
 
 
@@ -72,13 +78,13 @@ class ClusterConfig:
     base: Resources
     max_array_size: int = 1001
     stages: dict = field(default_factory=dict)  # stage -> Resources
-    rewards: dict = field(default_factory=dict)  # reward -> Resources (score stage variants)
+    variants: dict = field(default_factory=dict)  # stage -> {variant -> Resources} (e.g. the score stage's rewards)
     description: str = ""
 
     def resources(self, stage: str, variant: str | None = None) -> Resources:
         res = self.stages.get(stage, self.base)
-        if stage == "score" and variant in self.rewards:
-            res = self.rewards[variant]
+        if variant in self.variants.get(stage, {}):
+            res = self.variants[stage][variant]
         return res
 
 
@@ -140,11 +146,13 @@ def from_dict(raw: dict, name: str = "<inline>", stage_names: list[str] | None =
         if stage not in valid_stages:
             raise ClusterConfigError(f"cluster config {name}: stages.{stage} is not a stage; valid stages: {', '.join(valid_stages)}")
         stages[stage] = _resources(over or {}, base, f"cluster config {name}, stages.{stage}")
-    rewards = {}
-    score = stages.get("score", base)
-    for reward, over in (raw.get("rewards") or {}).items():
-        rewards[str(reward)] = _resources(over or {}, score, f"cluster config {name}, rewards.{reward}")
-    return ClusterConfig(name, executor, base, max_array, stages, rewards, str(raw.get("description", "")))
+    variants: dict = {}
+    for section, stage in _variant_sections().items():
+        parent = stages.get(stage, base)
+        for variant, over in (raw.get(section) or {}).items():
+            variants.setdefault(stage, {})[str(variant)] = _resources(
+                over or {}, parent, f"cluster config {name}, {section}.{variant}")
+    return ClusterConfig(name, executor, base, max_array, stages, variants, str(raw.get("description", "")))
 
 
 def load(name_or_path: str) -> ClusterConfig:

@@ -43,13 +43,13 @@ def write(folder: Path = JOBS_DIR) -> list[Path]:
 
 def plan(run_dir: str) -> list[str]:
     from fyp.run import Run
-    from fyp.stages import available_stages, get_stage
+    from fyp.stages import available_stages, get_stage, option_defaults
 
     run = Run.open(run_dir)
     lines = []
     for name in [s for s in PIPELINE if s in available_stages()]:
         stage = get_stage(name)
-        opts = {o.dest: o.kwargs.get("default") for o in stage.options}
+        opts = option_defaults(stage.options)
         variants = [v for v in stage.variants(run, opts) if v]
         lines.append(f"{name} {stage.num_shards(run, opts)} {','.join(variants) or '-'}")
     return lines

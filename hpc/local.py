@@ -39,6 +39,7 @@ class LocalTask:
     error: str = ""
     seconds: float = 0.0
     counts: dict = field(default_factory=dict)
+    record: dict = field(default_factory=dict)  # the task record, once it failed (errno/filename of an OSError)
 
     @property
     def label(self) -> str:
@@ -77,8 +78,12 @@ def _collect(task: LocalTask, run: Run) -> None:
         message = str(exc).strip().splitlines()
         task.error = next((ln for ln in reversed(message) if ln.strip() and not ln.startswith(" ")), type(exc).__name__)
     task.state = "failed"
+    if task.log is not None:  # submitit's half-written result pickle (a full disk): not a result, remove it
+        for leftover in task.log.parent.glob("*.save_tmp"):
+            leftover.unlink(missing_ok=True)
     records = {r["shard"]: r for r in run.task_records(task.stage, task.variant)}
     record = records.get(task.shard, {})
+    task.record = record
     if record.get("state") != "failed":
         # killed without a chance to record it (SIGKILL, OOM): say so, with the log's last line
         tail = _last_line(task.log)

@@ -3,13 +3,13 @@
 The job script still `exec`s `python -m hpc.task train ... --srun`: that process (the batch step) keeps
 the task record and the requeue logic, and runs
 
-    srun --kill-on-bad-exit=1 [--cpus-per-task=$SLURM_CPUS_PER_TASK] $PYTHON -m fyp.dpo.train --run-dir RUN [...]
+    srun --kill-on-bad-exit=1 [--cpus-per-task=$SLURM_CPUS_PER_TASK] $PYTHON -m <stage program> --run-dir RUN [...]
 
-one process per task of the allocation (`--ntasks-per-node=<gpus_per_node>`); each finds its rank and
+(the stage's `program`, fyp.stages.Program) one process per task of the allocation (`--ntasks-per-node=<gpus_per_node>`); each finds its rank and
 the rendezvous in its Slurm environment (SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID / the node list,
-`fyp.dpo.launch`). The pre-timeout signal reaches only the batch step; it is passed on to srun, which
+for train: `fyp.dpo.launch`). The pre-timeout signal reaches only the batch step; it is passed on to srun, which
 passes it to every process: each asks the trainer to stop, all checkpoint after the same step and exit
-with `fyp.dpo.train.REQUEUE_EXIT_CODE`. Then the job is requeued as a single-process task would be.
+with the program's `requeue_exit_code`. Then the job is requeued as a single-process task would be.
 """
 from __future__ import annotations
 
@@ -27,24 +27,22 @@ from .options import to_argv
 
 log = logging.getLogger("hpc")
 
-# stage -> (module run under srun, its run-directory flag, its "checkpointed, run me again" exit code)
-PROGRAMS = {"train": ("fyp.dpo.train", "--run-dir", 75)}
-
-
 def supported(stage: str) -> bool:
-    return stage in PROGRAMS
+    """Whether the stage has a program of its own to run as one process per GPU."""
+    return get_stage(stage).program is not None
 
 
 def command(stage: str, run_dir, opts: dict, python: str | None = None, environ: dict | None = None) -> list[str]:
     """The srun command line of a multi-process task (the stage's options are the program's flags)."""
-    if stage not in PROGRAMS:
-        raise ValueError(f"{stage}: no multi-process launch; stages that have one: {', '.join(PROGRAMS)}")
+    impl = get_stage(stage)
+    if impl.program is None:
+        raise ValueError(f"{stage}: no multi-process launch (the stage declares no program)")
     env = os.environ if environ is None else environ
-    module, run_flag, _ = PROGRAMS[stage]
     cmd = ["srun", "--kill-on-bad-exit=1"]
     if env.get("SLURM_CPUS_PER_TASK"):  # srun of Slurm 22.05-23.02 does not inherit sbatch's --cpus-per-task
         cmd.append(f"--cpus-per-task={env['SLURM_CPUS_PER_TASK']}")
-    return cmd + [python or sys.executable, "-m", module, run_flag, str(run_dir), *to_argv(get_stage(stage), opts)]
+    program = impl.program
+    return cmd + [python or sys.executable, "-m", program.module, program.run_flag, str(run_dir), *to_argv(impl, opts)]
 
 
 def run_task(stage: str, run_dir, shard: int, variant: str | None, opts: dict) -> int:
@@ -66,7 +64,7 @@ def run_task(stage: str, run_dir, shard: int, variant: str | None, opts: dict) -
                               processes=processes)
         log.info("%s shard %d finished in %.1fs on %s processes", stage, shard, seconds, processes)
         return 0
-    if requeue.signalled() or code == PROGRAMS[stage][2]:
+    if requeue.signalled() or code == get_stage(stage).program.requeue_exit_code:
         log.warning("%s: srun ended with %d after the stop request: requeue", stage, code)
         return requeue.requeue_task(run, stage, shard, variant)
     run.write_task_record(stage, shard, "failed", variant, seconds=seconds, processes=processes,

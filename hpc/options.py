@@ -16,8 +16,23 @@ def add_stage_options(parser: argparse.ArgumentParser, stage: Stage) -> None:
         group.add_argument(option.flag, **option.kwargs)
 
 
+class OptionError(ValueError):
+    """A stage option given with an empty value."""
+
+
 def stage_opts(stage: Stage, namespace: argparse.Namespace) -> dict:
-    return {option.dest: getattr(namespace, option.dest) for option in stage.options}
+    """The stage's options as parsed; an empty value (`--reward ''`, `--model ,`) is refused rather than
+    taken as the option's default (often "all")."""
+    opts = {option.dest: getattr(namespace, option.dest) for option in stage.options}
+    for option in stage.options:
+        values = opts[option.dest] if isinstance(opts[option.dest], list) else [opts[option.dest]]
+        for value in values:
+            if isinstance(value, str) and not value.strip(" ,"):
+                default = option.kwargs.get("default")
+                hint = f" (its default is {default})" if default not in (None, [], "") else ""
+                raise OptionError(f"{stage.name}: {option.flag} {value!r} is empty: give a value, or leave "
+                                  f"{option.flag} out{hint}")
+    return opts
 
 
 def to_argv(stage: Stage, opts: dict) -> list[str]:

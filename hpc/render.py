@@ -39,10 +39,11 @@ def log_dir_rel(stage: str, variant: str | None) -> str:
 
 
 def multi_process(stage: str, res: Resources) -> bool:
-    """Whether a task runs as one process per GPU (srun): a stage that can (train) on more than one GPU or node."""
+    """Whether a task runs as one process per GPU (srun): a stage with a program of its own, on more than one
+    GPU or node."""
     from .multitask import supported
 
-    return supported(stage) and (res.gpus_per_node > 1 or res.nodes > 1)
+    return (res.gpus_per_node > 1 or res.nodes > 1) and supported(stage)
 
 
 def tasks_per_node(stage: str, res: Resources) -> int:
@@ -131,9 +132,10 @@ def task_script(stage: str, variant, res: Resources, run_dir: Path | None, pytho
 
 
 def _launch_srun(stage: str) -> list[str]:
-    from .multitask import PROGRAMS
+    from fyp.stages import get_stage
 
-    module, run_flag, _ = PROGRAMS[stage]
+    program = get_stage(stage).program
+    module, run_flag = program.module, program.run_flag
     return [
         "# one process per GPU (rendezvous from SLURM_PROCID/SLURM_NTASKS/SLURM_LOCALID): hpc.task runs",
         f'#   srun --kill-on-bad-exit=1 "$PYTHON" -m {module} {run_flag} "$RUN" "$@"',

@@ -1,8 +1,8 @@
 """Checkpoint and requeue on the scheduler's pre-timeout signal (USR2).
 
 Slurm: the job script asks for `--signal=B:USR2@<signal_seconds>` and `exec`s python, so the task
-process itself gets USR2 before the time limit. For a stage with a graceful-stop hook (train:
-`fyp.dpo.train.request_stop`) the handler calls the hook; the stage checkpoints after its current step
+process itself gets USR2 before the time limit. For a stage that can stop gracefully (its
+`Stage.request_stop` returns True: train) the handler asks it to; the stage checkpoints after its current step
 and ends its task (TrainingPreempted). Any other stage is interrupted at once: the handler raises
 `Preempted` in the task's main thread (its stores keep every finished sample). Either way `hpc.task`
 then requeues the job with `scontrol requeue`, up to `max_requeues` times, and the requeued attempt
@@ -14,7 +14,6 @@ starts the task again) with `ShardCall`, a `submitit.helpers.Checkpointable` aro
 """
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import signal
@@ -23,7 +22,7 @@ import threading
 
 import submitit
 
-from fyp.stages import execute_shard
+from fyp.stages import execute_shard, get_stage
 
 log = logging.getLogger("hpc")
 
@@ -33,9 +32,6 @@ class Preempted(BaseException):
     stage does not swallow it."""
 
 
-# Stages that can stop cleanly at their next step boundary after checkpointing: USR2 calls the hook
-# instead of interrupting them; the stage then ends its task (fyp.dpo.train raises TrainingPreempted).
-GRACEFUL_STOP = {"train": "fyp.dpo.train:request_stop"}
 _SIGNALLED = threading.Event()
 
 
@@ -45,20 +41,14 @@ def signalled() -> bool:
 
 
 def install_handler(stage: str) -> None:
-    hook = None
-    if stage in GRACEFUL_STOP:
-        module, attr = GRACEFUL_STOP[stage].split(":")
-        try:
-            hook = getattr(importlib.import_module(module), attr)
-        except (ImportError, AttributeError):
-            hook = None
+    impl = get_stage(stage)
 
     def handler(signum, frame):
         _SIGNALLED.set()
         name = signal.Signals(signum).name
-        if hook is not None:
-            log.warning("signal %s: the time limit is near; asking %s to checkpoint and stop", name, stage)
-            hook()
+        # a stage that can stop cleanly checkpoints at its next step boundary and ends its task itself
+        if impl.request_stop():
+            log.warning("signal %s: the time limit is near; asked %s to checkpoint and stop", name, stage)
             return
         raise Preempted(f"signal {name}: the time limit is near; stopping to requeue")
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fyp.run import Run
-from fyp.stages import PIPELINE, Stage, available_stages, get_stage
+from fyp.stages import PIPELINE, Stage, available_stages, get_stage, option_defaults
 
 from . import ledger, slurm
 
@@ -85,17 +85,16 @@ def _why_cancelled(state: slurm.JobState, parents: list[str], states: dict[str, 
     return f"cancelled ({state.state}{', ' + state.reason if state.reason and state.reason != 'None' else ''})"
 
 
-def _nonfinite(run: Run, stage: str, variant: str | None, records: dict[int, dict]) -> int | None:
-    """Non-finite values of a stage (variant): the finalisation's count over the whole store (the score
-    stage writes `{done,total,nonfinite}` into `scores/<reward>` attrs) once there, else the sum of the
-    task records' `nonfinite=` (each counts what its attempt scored); None where nothing reports one."""
-    if stage == "score" and variant:
-        try:
-            attrs = dict(run.store("r").root[f"scores/{variant}"].attrs)
-        except Exception:  # noqa: BLE001 - no store or group yet: the records are all there is
-            attrs = {}
-        if "nonfinite" in attrs:
-            return int(attrs["nonfinite"])
+def _nonfinite(run: Run, stage: Stage, variant: str | None, records: dict[int, dict]) -> int | None:
+    """Non-finite values of a stage (variant): the finalisation's count over the whole store (`Stage.report`,
+    e.g. the score stage's `nonfinite`) once there, else the sum of the task records' `nonfinite=` (each
+    counts what its attempt scored); None where nothing reports one."""
+    try:
+        report = stage.report(run, variant)
+    except Exception:  # noqa: BLE001 - no store or group yet: the records are all there is
+        report = {}
+    if "nonfinite" in report:
+        return int(report["nonfinite"])
     counts = [int(r["nonfinite"]) for r in records.values() if isinstance(r.get("nonfinite"), (int, float))]
     return sum(counts) if counts else None
 
@@ -163,7 +162,7 @@ def stage_status(run: Run, stage: Stage, variant: str | None, opts: dict, entrie
     out = StageStatus(stage.name, variant, done_samples, total_samples, shards)
     out.nan = sum(int(v) for r in records.values() for k, v in r.items()
                   if "nan" in k.lower() and isinstance(v, (int, float)) and not isinstance(v, bool))
-    out.nonfinite = _nonfinite(run, stage.name, variant, records)
+    out.nonfinite = _nonfinite(run, stage, variant, records)
     if ledger.finalized_marker(run.dir, stage.name, variant).exists():
         out.finalize = "done"
     else:
@@ -193,7 +192,7 @@ def collect(run_dir: Path | str, stage_names: list[str] | None = None, opts: dic
     out = []
     for name in names:
         stage = get_stage(name)
-        stage_opts = {o.dest: o.kwargs.get("default") for o in stage.options}
+        stage_opts = option_defaults(stage.options)
         stage_opts.update(opts or {})
         try:
             variants = stage.variants(run, stage_opts)

@@ -17,20 +17,22 @@ Exit codes: 0 success (or nothing to do), 1 a task failed, 2 bad input (message 
 from __future__ import annotations
 
 import argparse
+import errno
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from fyp.config import ConfigError, parse_overrides
 from fyp.run import CONFIG_NAME, Run
-from fyp.stages import PIPELINE, Stage, available_stages, get_stage
+from fyp.stages import PIPELINE, TOOLS as FYP_TOOLS, Stage, available_stages, get_stage, option_defaults
 from fyp.store import ShardError, StoreError
 
 from . import arrayspec, clusters, ledger, local, render, slurm, status
-from .options import add_stage_options, stage_opts, to_argv
+from .options import OptionError, add_stage_options, stage_opts, to_argv
 from .task import finalize as finalize_inline
 
-USER_ERRORS = (ConfigError, clusters.ClusterConfigError, arrayspec.ArraySpecError, render.RenderError,
+USER_ERRORS = (ConfigError, OptionError, clusters.ClusterConfigError, arrayspec.ArraySpecError, render.RenderError,
                slurm.SlurmError, StoreError, ShardError, FileNotFoundError, FileExistsError)
 
 
@@ -38,12 +40,28 @@ class UsageError(ValueError):
     pass
 
 
+# the run directory cannot be written: a full disk or quota, a read-only filesystem, no permission
+UNWRITABLE = {errno.ENOSPC: "no space left on the device (free some, or move the run)",
+              errno.EDQUOT: "disk quota exceeded (free some, or move the run)",
+              errno.EROFS: "the filesystem is read-only (give a writable --run directory)",
+              errno.EACCES: "permission denied (give a writable --run directory)",
+              errno.EPERM: "permission denied (give a writable --run directory)"}
+
+
+def unwritable_line(exc: OSError) -> str:
+    return f"cannot write {exc.filename or 'the run directory'}: {UNWRITABLE[exc.errno]}"
+
+
+class TaskUnwritable(OSError):
+    """A task failed because it could not write the run directory (its record says errno and path)."""
+
+
 def echo(msg: str = "") -> None:
     print(msg, flush=True)
 
 
-# commands that are whole programs of fyp.evaluation: the rest of argv goes to their `main(argv)`
-TOOLS = {"study": "fyp.evaluation.study", "agreement": "fyp.evaluation.agreement", "scaling": "fyp.evaluation.scaling"}
+# commands that are whole programs: the rest of argv goes to their `main(argv)`
+TOOLS = {**FYP_TOOLS, "scaling": "hpc.scaling"}
 COMMANDS = ("status", "pipeline", *PIPELINE, *TOOLS)
 
 
@@ -212,6 +230,10 @@ class Submitter:
             local.run_tasks(self.run.dir, tasks, self.cluster.resources, throttle, echo=echo)
         failed = {t.variant for t in tasks if t.state == "failed"}
         result.failed = bool(failed)
+        stuck = [t for t in tasks if t.state == "failed" and t.record.get("errno") in UNWRITABLE]
+        if stuck:  # the environment, not the stage: say so in one line (the task records say "failed")
+            record = stuck[0].record
+            raise TaskUnwritable(record["errno"], os.strerror(record["errno"]), record.get("filename") or str(self.run.dir))
         for plan in work:
             label = stage.name + (f"/{plan.variant}" if plan.variant else "")
             if plan.variant in failed or not plan.covers_rest:
@@ -242,25 +264,24 @@ def _presets() -> list[str]:
     return available_presets()
 
 
-def ensure_run(args) -> tuple[Run, bool]:
-    """Open the run, or create it (prepare/pipeline); returns (run, in_memory)."""
-    from fyp.data.stage import check_same_settings, create_run, resolve_settings
+def ensure_run(args, stage: Stage) -> tuple[Run, bool]:
+    """Open the run, or create it with the stage that creates runs (prepare/pipeline); returns (run, in_memory).
 
+    A prepared run given settings again is handed to that stage too: the same settings are a no-op, others
+    are refused (a run's settings are fixed when it is prepared)."""
     run_dir = Path(args.run)
     overrides = parse_overrides(args.set)
-    if (run_dir / CONFIG_NAME).exists():
-        run = Run.open(run_dir)
-        if args.preset or overrides or args.samples is not None or args.shards is not None:
-            check_same_settings(run, args.preset, overrides, args.samples, args.shards)  # other settings: refused
-        return run, False
-    if not args.preset:
+    exists = (run_dir / CONFIG_NAME).exists()
+    if exists and not (args.preset or overrides or args.samples is not None or args.shards is not None):
+        return Run.open(run_dir), False
+    if not exists and not args.preset:
         raise UsageError(f"{run_dir} is not a prepared run yet: give --preset (one of {', '.join(_presets())})")
-    if args.dry_run:  # nothing written: resolve (and validate) the configuration in memory
-        return Run(run_dir, resolve_settings(args.preset, overrides, args.samples, args.shards)), True
-
-    run = create_run(run_dir, args.preset, overrides, args.samples, args.shards)
-    echo(f"created run {run_dir} (preset {args.preset}, {run.config.shards} shards)")
-    return run, False
+    run = stage.create_run(run_dir, args.preset, overrides, args.samples, args.shards, dry_run=args.dry_run)
+    if exists:
+        return run, False
+    if not args.dry_run:  # a dry run resolved the configuration in memory and wrote nothing
+        echo(f"created run {run_dir} (preset {args.preset}, {run.config.shards} shards)")
+    return run, args.dry_run
 
 
 def _finish(sub: Submitter, wait: bool, stage_names: list[str]) -> int:
@@ -282,18 +303,18 @@ def _finish(sub: Submitter, wait: bool, stage_names: list[str]) -> int:
 def cmd_stage(name: str, argv: list[str]) -> int:
     stage = load_stage(name)
     parser = argparse.ArgumentParser(prog=f"python -m hpc.submit {name}")
-    _common(parser, creating=name == "prepare")
+    _common(parser, creating=stage.creates_run)
     parser.add_argument("--array", help="shards in Slurm syntax: 0-15, 0,3,7, 0-15:4, 0-255%%8 (default: all pending)")
     parser.add_argument("--retry-failed", action="store_true", help="run only the shards whose last task failed")
-    if name == "prepare":
+    if stage.creates_run:
         parser.add_argument("--create-only", action="store_true", help="write config and store, run no task")
     add_stage_options(parser, stage)
     args = parser.parse_args(argv)
     cluster = clusters.load(args.cluster)
     opts = stage_opts(stage, args)
-    spec = arrayspec.parse(args.array) if args.array else None
-    if name == "prepare":
-        run, in_memory = ensure_run(args)
+    spec = arrayspec.parse(args.array) if args.array is not None else None  # --array= is refused, not "all"
+    if stage.creates_run:
+        run, in_memory = ensure_run(args, stage)
         if args.create_only:
             return 0
     else:
@@ -318,21 +339,13 @@ def pipeline_stages() -> list[str]:
     return names
 
 
-def chain_opts(stage: str, names: list[str], run: Run) -> dict:
-    """Options a stage needs in a chain because an upstream stage has not run when it is submitted: eval
-    names the model the chain's train stage will export (`--model all` only finds exports that exist)."""
-    if stage == "eval" and "train" in names and run.config.train.export:
-        return {"trained": run.config.train.pairs}
-    return {}
-
-
 def cmd_pipeline(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m hpc.submit pipeline")
     _common(parser, creating=True)
     args = parser.parse_args(argv)
     cluster = clusters.load(args.cluster)
     names = pipeline_stages()
-    run, in_memory = ensure_run(args)
+    run, in_memory = ensure_run(args, get_stage(names[0]))
     sub = Submitter(run, cluster, args.dry_run, in_memory)
     missing = PIPELINE[len(names)] if len(names) < len(PIPELINE) else None
     echo(f"pipeline on {cluster.name}: {' -> '.join(names)}"
@@ -340,8 +353,8 @@ def cmd_pipeline(argv: list[str]) -> int:
     depends: list[str] = []
     for name in names:
         stage = get_stage(name)
-        opts = {o.dest: o.kwargs.get("default") for o in stage.options}
-        opts.update(chain_opts(name, names, run))
+        opts = option_defaults(stage.options)
+        opts.update(stage.chain_options(run, names))
         result = sub.stage(stage, opts, None, False, depends)
         if result.failed:
             echo(f"pipeline stopped: {name} failed; see `python -m hpc.submit status --run {args.run}`")
@@ -380,9 +393,21 @@ def main(argv: list[str] | None = None) -> int:
         if command in TOOLS:
             return cmd_tool(command, rest)
         return cmd_stage(command, rest)
-    except (UsageError, *USER_ERRORS) as exc:
-        print(f"error: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}", file=sys.stderr)
+    except OSError as exc:
+        if exc.errno not in UNWRITABLE:
+            if isinstance(exc, USER_ERRORS):
+                return _one_line(exc)
+            raise
+        label = f"{command}: a task failed: " if isinstance(exc, TaskUnwritable) else ""
+        print(f"error: {label}{unwritable_line(exc)}; then run again", file=sys.stderr)
         return 2
+    except (UsageError, *USER_ERRORS) as exc:
+        return _one_line(exc)
+
+
+def _one_line(exc: BaseException) -> int:
+    print(f"error: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

@@ -104,6 +104,17 @@ def create_run(run_dir: Path | str, preset: str, overrides: dict | None = None, 
 class PrepareStage(Stage):
     name = "prepare"
     sharded = True
+    creates_run = True
+
+    def create_run(self, run_dir, preset: str, overrides: dict, samples: int | None, shards: int | None,
+                   dry_run: bool = False) -> Run:
+        if (Path(run_dir) / CONFIG_NAME).exists():  # prepared already: the same settings or a one-line refusal
+            run = Run.open(run_dir)
+            check_same_settings(run, preset, overrides, samples, shards)
+            return run
+        if dry_run:
+            return Run(Path(run_dir), resolve_settings(preset, overrides, samples, shards))
+        return create_run(run_dir, preset, overrides, samples, shards)
 
     def pending_shards(self, run: Run, variant: str | None, opts: dict) -> list[int]:
         return run.store(mode="r").pending_shards("samples/done")

@@ -554,10 +554,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-dir", "--run", dest="run", required=True,
                         help="the run directory (prepared, sampled, scored, paired); under torchrun write "
                              "--run-dir (torchrun's own parser claims the prefix --run)")
-    parser.add_argument("--pairs", help="pairs/<NAME> to train on (default: train.pairs)")
-    parser.add_argument("--steps", type=int, help="optimizer steps (default: train.steps)")
-    parser.add_argument("--set", action="append", default=[], metavar="train.KEY=VALUE",
-                        help="override a train setting, e.g. --set train.lr=1e-4 (repeatable)")
+    from .stage import TrainStage  # one table of options: the CLI, this launcher and the chain
+
+    for option in TrainStage.options:
+        parser.add_argument(option.flag, **option.kwargs)
     parser.add_argument("--stop-after", type=int, help="checkpoint and stop after this many steps (testing)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")

@@ -2,7 +2,7 @@
 
     python -m fyp.evaluation.scaling plan   --run DIR --kind candidates [--scales 2,4,8,16] [--method M]
     python -m fyp.evaluation.scaling plan   --run DIR --kind samples --scales 8,16,32 [--pairs NAME]
-    python -m fyp.evaluation.scaling launch --run DIR --kind ... [--cluster NAME] [--dry-run]
+    python -m hpc.submit scaling launch --run DIR --kind ... [--cluster NAME] [--dry-run]   (hpc.scaling)
     python -m fyp.evaluation.scaling plot   --run DIR
 
 Candidate scaling (SPEC section 3): for each k', `pairs --candidates k' --name <method>-k<k'>` (pairs re-ranked
@@ -12,7 +12,7 @@ Sample scaling: for each N, the pairs set `<pairs>-n<N>` keeps the first N valid
 random order (nested subsets: the N = 8 pairs are among the N = 16 ones); the planner writes these subset
 groups itself, in the submitting process (a single writer), then `train --pairs <pairs>-n<N>` and eval.
 Both sweeps end with `eval --model baseline`, the reference line of the plots.
-Every step is one `python -m hpc.submit` command; `launch` runs them in order (with `--wait` on a Slurm cluster,
+Every step is one `python -m hpc.submit` command; `launch` (hpc.scaling: fyp/ never schedules) runs them in order (with `--wait` on a Slurm cluster,
 so a step starts after the one it needs); a done step says "nothing to do" and is skipped, and the first step
 that fails stops the launch with its exit code (launch again after fixing it: the done steps are skipped).
 `plot` reads `<run>/eval/summary.csv`, finds models named `*-k<scale>` and `*-n<scale>`, and writes
@@ -110,22 +110,6 @@ def baseline_step(run: Run) -> list[str]:
     return ["eval", "--run", str(run.dir), "--model", "baseline"]
 
 
-def launch(steps: list[list[str]], cluster: str = "local", dry_run: bool = False) -> int:
-    """Run the steps in order through the `hpc.submit` CLI; stop at the first that fails, with its exit code."""
-    from hpc.submit import main as submit  # the CLI: fyp/ never schedules by itself
-
-    for number, step in enumerate(steps, 1):
-        argv = step + ["--cluster", cluster] + (["--dry-run"] if dry_run else []) + \
-            (["--wait"] if cluster != "local" and not dry_run else [])
-        print(f"scaling step {number}/{len(steps)}: python -m hpc.submit " + " ".join(argv), flush=True)
-        code = submit(argv)
-        if code != 0:
-            print(f"scaling: stopped at step {number}/{len(steps)} (python -m hpc.submit {' '.join(step)}), exit code "
-                  f"{code}; fix it and launch again (done steps are skipped)", file=sys.stderr, flush=True)
-            return code
-    return 0
-
-
 def scaling_rows(rows: list[dict], kind: str) -> list[dict]:
     tag = KINDS[kind]
     out = []
@@ -184,8 +168,9 @@ def plot_scaling(run_dir: Path | str) -> list[Path]:
     return written
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fyp.evaluation.scaling", description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None, launch=None, prog: str = "python -m fyp.evaluation.scaling") -> int:
+    """plan | launch | plot; `launch(steps, cluster, dry_run) -> exit code` runs the steps (hpc.scaling passes it)."""
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument("action", choices=("plan", "launch", "plot"))
     parser.add_argument("--run", required=True)
     parser.add_argument("--kind", choices=tuple(KINDS), default="candidates")
@@ -196,6 +181,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cluster", default="local")
     parser.add_argument("--dry-run", action="store_true")
     args = parser.parse_args(argv)
+    if args.action == "launch" and launch is None:
+        print("error: scaling launch schedules jobs: run it as `python -m hpc.submit scaling launch ...`", file=sys.stderr)
+        return 2
     run = Run.open(args.run)
     if args.action == "plot":
         paths = plot_scaling(run.dir)

@@ -165,6 +165,12 @@ class EvalStage(Stage):
     def variants(self, run: Run, opts: dict) -> list[str]:
         return [t.variant for t in eval_targets(run, opts)]
 
+    def chain_options(self, run: Run, chain: list[str]) -> dict:
+        # `--model all` only finds exports that exist: name the one the chain's train stage will write
+        if "train" in chain and run.config.train.export:
+            return {"trained": run.config.train.pairs}
+        return {}
+
     def num_shards(self, run: Run, opts: dict) -> int:
         found = eval_targets(run, opts)
         return _context(run, found[0].variant, opts).shards

@@ -153,3 +153,9 @@ class ScoreStage(Stage):
 
     def progress(self, run: Run, variant: str | None, opts: dict) -> tuple[int, int]:
         return run.store("r").done_count(f"scores/{self._reward(variant)}/done")
+
+    def report(self, run: Run, variant: str | None) -> dict:
+        """{done, total, nonfinite} that `finalize` wrote into the reward's group attrs."""
+        if not variant:
+            return {}
+        return dict(run.store("r").root[f"scores/{variant}"].attrs)
