@@ -99,6 +99,9 @@ class TrainConfig:
     zero_init: bool = True  # zero_stage 3: build the policy and reference partitioned (deepspeed.zero.Init)
     gradient_checkpointing: bool = False
     timestep_sampling: str = "uniform"  # uniform | logit-normal
+    timestep_shift: str = "flux"  # flux (the scheduler's shift) | none (the official code's unshifted grid)
+    mask_downsample: str = "any"  # any (a pixel of the block is hole) | nearest (the official code's)
+    loss_backend: str = "auto"  # auto (triton on CUDA, else torch) | torch | triton
     lr_schedule: str = "constant"  # after warm-up: constant | linear | cosine (decay to 0 at `steps`)
     export: bool = True  # save the aligned transformer as a diffusers folder at the end
     seed: int = 0
