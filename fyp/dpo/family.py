@@ -32,6 +32,10 @@ class ModelFamily(Protocol):
     def encode_pairs(self, store, name: str, *, device, rank: int, world: int, comm) -> None:
         """Fill the latent cache `train/<name>` (fyp.dpo.data) with every usable pair, shared over the ranks."""
 
+    def open_pairs(self, store, name: str):
+        """The encoded pairs (like fyp.dpo.data.PairData): `num_pairs` and `batch(rows, device, dtype)`, whose
+        batches carry at least `loss_mask` (the hole, broadcastable to the predictions) and `margin` [B]."""
+
     def load_model(self, zero_init: dict | None = None) -> tuple[torch.nn.Module, dict]:
         """(the initial trainable model, the scheduler config); partitioned under `zero_init` (ZeRO-3)."""
 

@@ -189,6 +189,11 @@ class FluxFill:
         build_cache(store, pipe, name, cfg.sampling.max_sequence_length, rank=rank, world=world, comm=comm,
                     chunk=cfg.train.encode_batch, progress=True, mask_downsample=cfg.train.mask_downsample)
 
+    def open_pairs(self, store, name: str):
+        from .data import PairData
+
+        return PairData(store, name)
+
     def load_model(self, zero_init: dict | None = None):
         """The initial transformer (the policy's and the reference's weights) and the scheduler config.
 

@@ -369,7 +369,7 @@ def latent_cache(run: Run, cfg: RunConfig, family: ModelFamily, dist: Dist, fing
         if dist.rank == 0:
             store.root[group].attrs["fingerprint"] = fingerprint
     dist.barrier()
-    return PairData(run.store(), name)
+    return family.open_pairs(run.store(), name)
 
 
 @dataclass
