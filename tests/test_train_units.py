@@ -369,3 +369,33 @@ def test_trust_records_digests_for_a_checkpoint_one_vouches_for(tmp_path, capsys
     ck.verify_share(folder)
     assert ck.main(["trust", str(tmp_path)]) == 2
     assert "has no layout.json" in capsys.readouterr().err
+
+
+def test_model_family_seam():
+    """model.kind picks the family; its objective's key (the reference-loss cache's) holds the draw settings,
+    so a cache made under one timestep shift is not reused under the other."""
+    from types import SimpleNamespace
+
+    from fyp.config import RunConfig
+    from fyp.dpo.family import model_family
+    from fyp.dpo.flow import FlowMatching, FluxFill
+    from fyp.dpo.ref_cache import cache_key
+
+    cfg = RunConfig()
+    assert isinstance(model_family(cfg), FluxFill)
+    cfg.model.kind = "sdxl"
+    with pytest.raises(ConfigError, match="no model family 'sdxl'; valid: flux-fill"):
+        model_family(cfg)
+    keys = []
+    for shift in ("flux", "none"):
+        objective = FlowMatching(TrainConfig(timestep_shift=shift), FLUX_SCHEDULER, (4, 4), (4, 16), shared_noise=True,
+                                 guidance_embeds=False, device="cpu", dtype=torch.float32)
+        keys.append(cache_key(objective, mask_loss=True, normalize="all"))
+        batch = SimpleNamespace(latent_w=torch.zeros(2, 4, 16), latent_l=torch.ones(2, 4, 16),
+                                condition=torch.zeros(2, 4, 20), prompt_embeds=torch.zeros(2, 3, 8),
+                                pooled=torch.zeros(2, 8))
+        noised = objective.noised(batch, [0, 1], [0, 0])
+        x_t, _, sigma = noised.inputs[:3]
+        assert x_t.shape == (4, 4, 16) and torch.equal(sigma[:2], sigma[2:])  # winner and loser share t
+        assert torch.allclose(noised.target_w + batch.latent_w, noised.target_l + batch.latent_l)  # shared eps
+    assert keys[0] != keys[1] and keys[0]["shift"] == "flux" and keys[1]["shift"] == "none"
