@@ -98,6 +98,9 @@ Normalize = Literal["all", "mask"]
 Trainable = Literal["all", "attention", "lora"]
 TimestepSampling = Literal["uniform", "logit-normal"]
 LrSchedule = Literal["constant", "linear", "cosine"]
+TimestepShift = Literal["flux", "none"]
+MaskDownsample = Literal["any", "nearest"]
+LossBackend = Literal["auto", "torch", "triton"]
 ZeroStage = Literal[0, 1, 2, 3]
 Benchmark = Literal["synthetic", "brushbench", "editbench", "rorem"]
 
@@ -226,6 +229,9 @@ class TrainConfig:
     zero_init: bool = True  # zero_stage 3: build the policy and reference partitioned (deepspeed.zero.Init)
     gradient_checkpointing: bool = False
     timestep_sampling: TimestepSampling = "uniform"
+    timestep_shift: TimestepShift = "flux"  # flux (the scheduler's shift) | none (the official code's unshifted grid)
+    mask_downsample: MaskDownsample = "any"  # any (a pixel of the block is hole) | nearest (the official code's)
+    loss_backend: LossBackend = "auto"  # auto (triton on CUDA, else torch) | torch | triton
     lr_schedule: LrSchedule = "constant"  # after warm-up; linear / cosine decay to 0 at `steps`
     export: bool = True  # save the aligned transformer as a diffusers folder at the end
     seed: int = 0

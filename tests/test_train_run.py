@@ -35,12 +35,12 @@ def _env() -> dict:
     return env
 
 
-def _train(run_dir: Path, *args: str, procs: int = 1, check: bool = True,
-           pairs: str = PAIRS) -> subprocess.CompletedProcess:
+def _train(run_dir: Path, *args: str, procs: int = 1, check: bool = True, pairs: str = PAIRS,
+           env: dict | None = None) -> subprocess.CompletedProcess:
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}"] \
         if procs > 1 else [sys.executable]
     cmd = launcher + ["-m", "fyp.dpo.train", "--run-dir", str(run_dir), "--pairs", pairs, *args]
-    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=800)
+    proc = subprocess.run(cmd, env={**_env(), **(env or {})}, capture_output=True, text=True, timeout=800)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
     return proc
@@ -134,11 +134,49 @@ def test_a_rank_failing_to_encode_stops_every_rank_with_its_error(base_run):
     assert not Run.open(run_dir).store().root[cache_group(PAIRS)].attrs.get("complete", False)
 
 
-def test_resume_reproduces_the_loss_sequence(single, base_run):
+class _Planted:
+    """Unpickling this creates a marker file (what a pickle planted in checkpoints/ could do)."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+def test_resume_reproduces_the_loss_sequence_and_refuses_planted_pickles(single, base_run, tmp_path):
+    """A stopped run resumes to the uninterrupted run's losses. Before that, copies of the stopped run with
+    a pickle planted in checkpoints/ (a checkpoint file replaced; a folder `latest` was pointed at) are
+    refused with one line naming the file, and the pickle never runs (DeepSpeed would unpickle it)."""
+    import pickle
+
     run_dir = _copy(base_run, "resumed")
     first = _train(run_dir, *COMMON, "--set", "train.batch_size=2", "--stop-after", "2", check=False)
     assert first.returncode == REQUEUE_EXIT_CODE, first.stderr[-3000:]
-    assert len(_losses(run_dir)) == 2 and (run_dir / "train" / PAIRS / "checkpoints" / "latest").exists()
+    ckpt = run_dir / "train" / PAIRS / "checkpoints"
+    assert len(_losses(run_dir)) == 2 and (ckpt / "latest").read_text().strip() == "step-000002"
+    assert (ckpt / "step-000002" / "manifest.json").exists()
+
+    marker = tmp_path / "planted-pickle-ran"
+    payload = pickle.dumps(_Planted(marker))
+    replaced = _copy(run_dir, "planted-file")
+    target = replaced / "train" / PAIRS / "checkpoints" / "step-000002" / "zero_pp_rank_0_mp_rank_00_model_states.pt"
+    target.write_bytes(payload)
+    proc = _train(replaced, *COMMON, "--set", "train.batch_size=2", check=False)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    line = [x for x in proc.stderr.splitlines() if x.startswith("fyp.dpo.train: ")]
+    assert line == [f"fyp.dpo.train: checkpoint file {target} does not match the SHA-256 recorded when it was saved "
+                    f"(changed or replaced since): refusing to load it; delete the checkpoint"], proc.stderr[-3000:]
+    pointed = _copy(run_dir, "planted-folder")
+    folder = pointed / "train" / PAIRS / "checkpoints" / "step-000009"
+    shutil.copytree(pointed / "train" / PAIRS / "checkpoints" / "step-000002", folder)
+    (folder / "manifest.json").unlink()
+    (folder / "zero_pp_rank_0_mp_rank_00_model_states.pt").write_bytes(payload)
+    (folder.parent / "latest").write_text("step-000009")
+    proc = _train(pointed, *COMMON, "--set", "train.batch_size=2", check=False)
+    assert proc.returncode == 2 and f"checkpoint {folder} has no manifest.json" in proc.stderr, proc.stderr[-3000:]
+    assert not marker.exists()
+
     _train(run_dir, *COMMON, "--set", "train.batch_size=2")
     np.testing.assert_allclose(_losses(run_dir), _losses(single), rtol=0, atol=1e-7)
 
@@ -159,7 +197,27 @@ def test_resume_on_another_number_of_processes_continues_the_same_training(singl
     assert "= 2 pairs per step; this run has 1 x 1 x 1 = 1: resume with the same number" in refused.stderr
     proc = _train(run_dir, *COMMON, "--set", "train.batch_size=2")
     assert "from step-000002-universal" in proc.stderr and (ckpt / "step-000002-universal" / "layout.json").exists()
+    assert (ckpt / "step-000002-universal" / "manifest.json").exists()  # verified before it was loaded
     np.testing.assert_allclose(_losses(run_dir), _losses(single), rtol=1e-4, atol=1e-5)
+
+
+def test_triton_loss_backend_gives_the_torch_losses(single, base_run):
+    """train.loss_backend=triton (the fused kernel, here in Triton's interpreter on the CPU) trains like the
+    torch backend (`single`: auto, which is torch on a CPU): the same per-step losses over 4 steps of
+    ZeRO-3 training, to fp32 rounding amplified by beta (500 / 2 times a difference of MSEs)."""
+    run_dir = _copy(base_run, "triton")
+    proc = _train(run_dir, *COMMON, "--set", "train.batch_size=2", "--set", "train.loss_backend=triton",
+                  env={"TRITON_INTERPRET": "1"})
+    assert "preference loss: triton (train.loss_backend=triton)" in proc.stderr
+    rows, torch_rows = read_metrics(run_dir, PAIRS), read_metrics(single, PAIRS)
+    assert len(rows) == STEPS
+    np.testing.assert_allclose(_losses(run_dir), _losses(single), rtol=1e-4, atol=1e-6)
+    for key in ("mse_policy_w", "mse_policy_l", "mse_ref_w", "mse_ref_l"):
+        np.testing.assert_allclose([r[key] for r in rows], [r[key] for r in torch_rows], rtol=1e-5, err_msg=key)
+    assert _losses(run_dir)[-1] != _losses(run_dir)[0]  # it trained
+    refused = _train(_copy(base_run, "triton-no-interpreter"), *COMMON, "--set", "train.loss_backend=triton",
+                     check=False, env={"TRITON_INTERPRET": "0"})
+    assert refused.returncode == 2 and "train.loss_backend=triton on a CPU needs TRITON_INTERPRET=1" in refused.stderr
 
 
 def test_reference_loss_cache_gives_the_same_training(single, base_run):

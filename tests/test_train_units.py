@@ -1,6 +1,8 @@
 """Unit tests of the trainer's pieces: draws, shift, data order, LR schedule, Slurm rendezvous, brightness."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -209,3 +211,191 @@ def test_deepspeed_config_takes_extra_settings():
     nvme = TrainConfig(zero_stage=3, options={"deepspeed": {"zero_optimization": {
         "offload_param": {"device": "nvme", "nvme_path": "/local"}}}})
     assert not copies_partitions(deepspeed_config(nvme, 2, True))  # no partition in memory: read again
+
+
+# -- paper-reproduction switches (issue 14 item 5) -----------------------------------------------------
+def test_sigma_grid_and_the_timestep_shift_against_hand_computed_values():
+    """`none`: the official code's sigma = (floor(u * 1000) + 1) / 1000 in {1..1000}/1000, mean 0.5005 over the
+    grid; `flux`: FLUX's dynamic shift at 512 px (1024 packed tokens): mu = 0.5 + (1024 - 256) * 0.65 / 3840
+    = 0.63, s(0.5) = e^0.63 / (e^0.63 + 1) = 0.652489, mean 0.604 over the grid."""
+    u = torch.tensor([0.0, 0.0004, 0.001, 0.4999, 0.5, 0.99999])
+    assert flow.grid_sigma(u).tolist() == pytest.approx([0.001, 0.001, 0.002, 0.5, 0.501, 1.0])
+    grid = torch.arange(1, 1001) / 1000
+    assert float(grid.mean()) == pytest.approx(0.5005)
+    assert flow.calculate_shift(1024) == pytest.approx(0.63)
+    shifted = flow.shift_sigmas(grid, FLUX_SCHEDULER, 1024)
+    assert float(shifted[499]) == pytest.approx(0.652489, abs=1e-6)  # sigma 0.5
+    assert float(shifted.mean()) == pytest.approx(0.6041, abs=1e-4)
+
+    kw = dict(seed=3, scheduler_config=FLUX_SCHEDULER, sampling="uniform", shared_noise=True)
+    pairs = list(range(64))
+    plain = flow.draw_pairs(pairs, [0] * 64, (1024, 1), shift="none", **kw)
+    shifted_draw = flow.draw_pairs(pairs, [0] * 64, (1024, 1), shift="flux", **kw)
+    steps = plain.sigma * 1000
+    assert torch.equal(steps, steps.round()) and steps.min() >= 1 and steps.max() <= 1000  # on the grid
+    # the same u per pair, shifted or not; the noise does not depend on the shift
+    assert torch.allclose(shifted_draw.sigma, flow.shift_sigmas(plain.sigma, FLUX_SCHEDULER, 1024))
+    assert torch.equal(plain.noise_w, shifted_draw.noise_w)
+    gen = flow.pair_generator(3, 0, 5, 0)
+    assert float(plain.sigma[5]) == pytest.approx(float(flow.grid_sigma(torch.rand((), generator=gen))))
+    with pytest.raises(ValueError, match="timestep_shift"):
+        flow.draw_pairs([0], [0], (1, 1), shift="sd3", **kw)
+
+
+def test_hole_at_latent_nearest_vs_any_on_a_hand_made_mask():
+    """8x8 mask, 4x4 blocks. Hole pixels (1,1), (1,2) [block (0,0), not its corner], (4,4) [the corner of block
+    (1,1)] and (6,1) [block (1,0), not its corner]. "any": blocks (0,0), (1,0), (1,1) are hole; "nearest" reads
+    each block's top-left pixel (0,0), (0,4), (4,0), (4,4): only (1,1) is hole, as torch's nearest interpolation."""
+    mask = np.zeros((1, 8, 8), np.uint8)
+    for y, x in ((1, 1), (1, 2), (4, 4), (6, 1)):
+        mask[0, y, x] = 1
+    assert hole_at_latent(mask, 4, "any")[0, 0].tolist() == [[1, 0], [1, 1]]
+    assert hole_at_latent(mask, 4, "nearest")[0, 0].tolist() == [[0, 0], [0, 1]]
+    resized = torch.nn.functional.interpolate(torch.from_numpy(mask)[:, None].float(), size=(2, 2))
+    assert resized[0, 0].tolist() == [[0, 0], [0, 1]]  # the official code's call agrees
+    rng = np.random.default_rng(0)
+    masks = (rng.random((3, 32, 32)) > 0.7).astype(np.uint8)
+    expected = torch.nn.functional.interpolate(torch.from_numpy(masks)[:, None].float(), size=(4, 4)).numpy()
+    np.testing.assert_array_equal(hole_at_latent(masks, 8, "nearest"), expected)
+    with pytest.raises(ValueError, match="mask_downsample"):
+        hole_at_latent(mask, 4, "bilinear")
+
+
+def test_the_new_train_switches_are_checked():
+    for key, bad in (("timestep_shift", "sd3"), ("mask_downsample", "max"), ("loss_backend", "cuda")):
+        with pytest.raises(ConfigError, match=f"train.{key} must be one of"):
+            check_train_config(TrainConfig(**{key: bad}))
+    check_train_config(TrainConfig(timestep_shift="none", mask_downsample="nearest", loss_backend="torch"))
+
+
+def test_paper_preset_is_flux_fill_with_the_official_choices():
+    from fyp.config import load_preset
+
+    paper, suite = load_preset("flux-fill-paper").to_dict(), load_preset("flux-fill").to_dict()
+    assert paper["train"]["timestep_shift"] == "none" and suite["train"]["timestep_shift"] == "flux"
+    assert paper["train"]["mask_downsample"] == "nearest" and suite["train"]["mask_downsample"] == "any"
+    assert paper["pairs"]["ties"] == "dense" and suite["pairs"]["ties"] == "average"
+    for section, key in (("train", "timestep_shift"), ("train", "mask_downsample"), ("pairs", "ties")):
+        paper[section][key] = suite[section][key]
+    paper["preset"] = suite["preset"]
+    assert paper == suite  # nothing else differs: the two presets stay in step
+
+
+# -- loss backend -------------------------------------------------------------------------------------
+def test_loss_backend_resolution(monkeypatch):
+    from fyp.dpo.losses import loss_backend, preference_terms
+
+    assert loss_backend("auto", torch.device("cpu")) == ("torch", preference_terms)
+    assert loss_backend("torch", torch.device("cpu")) == ("torch", preference_terms)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(ConfigError, match="TRITON_INTERPRET=1"):
+        loss_backend("triton", torch.device("cpu"))
+    with pytest.raises(ConfigError, match="train.loss_backend must be one of auto, torch, triton"):
+        loss_backend("cuda", torch.device("cpu"))
+
+
+# -- checkpoint trust (issue 12 item 6) ---------------------------------------------------------------
+class _Planted:
+    """Unpickling this creates a marker file (what a planted checkpoint could do)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+def _fake_checkpoint(root: Path, tag: str = "step-000002") -> Path:
+    from fyp.dpo import checkpoints as ck
+
+    folder = root / tag
+    (folder / "zero").mkdir(parents=True)
+    torch.save({"step": 2, "module": {"w": torch.ones(2)}}, folder / "mp_rank_00_model_states.pt")
+    torch.save({"exp_avg": torch.zeros(2)}, folder / "zero" / "optim.pt")
+    ck.write_layout(folder, ck.Layout(2, 1, 2, 1))
+    shares = [ck.digest_share(folder, rank, 2) for rank in range(2)]  # two ranks' shares, merged
+    ck.write_manifest(folder, {**shares[0], **shares[1]})
+    ck.write_latest(root, tag)
+    return folder
+
+
+def test_checkpoint_manifest_refuses_planted_changed_and_unlisted_files(tmp_path):
+    import pickle
+
+    from fyp.dpo import checkpoints as ck
+
+    root = tmp_path / "checkpoints"
+    folder = _fake_checkpoint(root)
+    assert ck.latest(root) == ck.Resume("step-000002", ck.Layout(2, 1, 2, 1))
+    for rank in range(2):
+        ck.verify_share(folder, rank, 2)
+    marker = tmp_path / "marker"
+    payload = pickle.dumps(_Planted(marker))
+    # a file replaced by a pickle that would run code
+    model = folder / "mp_rank_00_model_states.pt"
+    original = model.read_bytes()
+    model.write_bytes(payload)
+    with pytest.raises(ck.UntrustedCheckpoint, match="mp_rank_00_model_states.pt does not match the SHA-256"):
+        ck.verify_share(folder)
+    model.write_bytes(original)
+    # an extra file DeepSpeed would glob (zero_pp_rank_*_optim_states.pt)
+    (folder / "zero_pp_rank_1_mp_rank_00_optim_states.pt").write_bytes(payload)
+    with pytest.raises(ck.UntrustedCheckpoint, match="zero_pp_rank_1_mp_rank_00_optim_states.pt is not in manifest"):
+        ck.verify_share(folder)
+    (folder / "zero_pp_rank_1_mp_rank_00_optim_states.pt").unlink()
+    (folder / "zero" / "optim.pt").unlink()
+    with pytest.raises(ck.UntrustedCheckpoint, match="optim.pt listed in manifest.json is missing"):
+        ck.verify_share(folder)
+    # a checkpoint folder without a manifest, and a `latest` that leaves the folder
+    planted = root / "step-000009"
+    planted.mkdir()
+    (planted / "mp_rank_00_model_states.pt").write_bytes(payload)
+    with pytest.raises(ck.UntrustedCheckpoint, match="has no manifest.json"):
+        ck.verify_share(planted)
+    (root / "latest").write_text("../../elsewhere")
+    with pytest.raises(ck.UntrustedCheckpoint, match="not a checkpoint folder name"):
+        ck.latest(root)
+    assert not marker.exists()
+    pickle.loads(payload)  # the payload is live: the refusals above are what kept the marker away
+    assert marker.exists()
+
+
+def test_trust_records_digests_for_a_checkpoint_one_vouches_for(tmp_path, capsys):
+    from fyp.dpo import checkpoints as ck
+
+    folder = _fake_checkpoint(tmp_path / "checkpoints")
+    (folder / "manifest.json").unlink()
+    assert ck.main(["trust", str(folder)]) == 0
+    ck.verify_share(folder)
+    assert ck.main(["trust", str(tmp_path)]) == 2
+    assert "has no layout.json" in capsys.readouterr().err
+
+
+def test_model_family_seam():
+    """model.kind picks the family; its objective's key (the reference-loss cache's) holds the draw settings,
+    so a cache made under one timestep shift is not reused under the other."""
+    from types import SimpleNamespace
+
+    from fyp.config import RunConfig
+    from fyp.dpo.family import model_family
+    from fyp.dpo.flow import FlowMatching, FluxFill
+    from fyp.dpo.ref_cache import cache_key
+
+    cfg = RunConfig()
+    assert isinstance(model_family(cfg), FluxFill)
+    cfg.model.kind = "sdxl"
+    with pytest.raises(ConfigError, match="no model family 'sdxl'; valid: flux-fill"):
+        model_family(cfg)
+    keys = []
+    for shift in ("flux", "none"):
+        objective = FlowMatching(TrainConfig(timestep_shift=shift), FLUX_SCHEDULER, (4, 4), (4, 16), shared_noise=True,
+                                 guidance_embeds=False, device="cpu", dtype=torch.float32)
+        keys.append(cache_key(objective, mask_loss=True, normalize="all"))
+        batch = SimpleNamespace(latent_w=torch.zeros(2, 4, 16), latent_l=torch.ones(2, 4, 16),
+                                condition=torch.zeros(2, 4, 20), prompt_embeds=torch.zeros(2, 3, 8),
+                                pooled=torch.zeros(2, 8))
+        noised = objective.noised(batch, [0, 1], [0, 0])
+        x_t, _, sigma = noised.inputs[:3]
+        assert x_t.shape == (4, 4, 16) and torch.equal(sigma[:2], sigma[2:])  # winner and loser share t
+        assert torch.allclose(noised.target_w + batch.latent_w, noised.target_l + batch.latent_l)  # shared eps
+    assert keys[0] != keys[1] and keys[0]["shift"] == "flux" and keys[1]["shift"] == "none"

@@ -17,18 +17,22 @@ Winner and loser latents are the sampler's own final latents when the run saved 
 (`sampling.save_latents`, `candidates/latent`): no VAE round trip, which matters for a VAE whose
 decode(encode(x)) is far from x (the tiny random one); otherwise the candidate images are VAE-encoded.
 `complete` is written last: a cache without it (a crash half-way) is rebuilt. The hole at latent
-resolution is the max over each s x s pixel block (a latent pixel touching the hole is hole).
+resolution (`train.mask_downsample`): "any" (default) makes a latent pixel hole when any pixel of its
+s x s block is; "nearest" takes the block's top-left pixel, as `F.interpolate(mask, size=(h, w))` does in
+the official code (a smaller hole: 11.2% vs 15.4% of the area on the test masks).
 Pair order is the sample order; the trainer shuffles by index (`fyp.dpo.train.global_indices`).
 """
 from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
+from typing import get_args
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..config import MaskDownsample
 from ..models import encode_condition, encode_image_latents, encode_prompt, pack_latents
 from ..store import RunStore, StoreError
 
@@ -74,8 +78,16 @@ def read_pairs(store: RunStore, name: str) -> tuple[np.ndarray, np.ndarray, np.n
     return index, winner[index].astype(np.int64), loser[index].astype(np.int64), margin[index].astype(np.float32), attrs
 
 
-def hole_at_latent(mask: np.ndarray, scale: int) -> np.ndarray:
-    """uint8 [B,H,W] (1 = hole) -> float32 [B,1,h,w]: 1 where any pixel of the s x s block is hole."""
+MASK_DOWNSAMPLE = get_args(MaskDownsample)  # the allowed values live in fyp.config
+
+
+def hole_at_latent(mask: np.ndarray, scale: int, mode: str = "any") -> np.ndarray:
+    """uint8 [B,H,W] (1 = hole) -> float32 [B,1,h,w]: 1 where any pixel of the s x s block is hole ("any"),
+    or where its top-left pixel is ("nearest": torch's nearest interpolation, src = floor(dst * s))."""
+    if mode not in MASK_DOWNSAMPLE:
+        raise ValueError(f"mask_downsample must be one of {', '.join(MASK_DOWNSAMPLE)}, got {mode!r}")
+    if mode == "nearest":
+        return (mask[:, ::scale, ::scale] > 0).astype(np.float32)[:, None]
     b, height, width = mask.shape
     blocks = mask.reshape(b, height // scale, scale, width // scale, scale)
     return (blocks.max(axis=(2, 4)) > 0).astype(np.float32)[:, None]
@@ -116,7 +128,7 @@ def all_ok(comm, error: BaseException | None, rank: int, what: str) -> None:
 
 
 def build_cache(store: RunStore, pipe, name: str, max_sequence_length: int, *, rank: int = 0, world: int = 1,
-                comm=None, chunk: int = ENCODE_CHUNK, progress: bool = False) -> None:
+                comm=None, chunk: int = ENCODE_CHUNK, progress: bool = False, mask_downsample: str = "any") -> None:
     """Encode every usable pair once (winner, loser, condition, prompt) into `train/<name>/`.
 
     Over `world` processes (`comm`: barrier and all_reduce) the chunks of `chunk` pairs are dealt
@@ -156,7 +168,7 @@ def build_cache(store: RunStore, pipe, name: str, max_sequence_length: int, *, r
         # The condition comes from the original (masked) sample image, as when sampling.
         source = np.stack([_read(store, sample_images, "samples/image", n) for n in samples])
         put("condition", start, encode_condition(pipe, source, mask))
-        put("loss_mask", start, pack_latents(torch.from_numpy(hole_at_latent(mask, scale))))
+        put("loss_mask", start, pack_latents(torch.from_numpy(hole_at_latent(mask, scale, mask_downsample))))
         text = encode_prompt(pipe, [str(_read(store, prompts, "samples/prompt", n)) for n in samples],
                              max_sequence_length)
         put("prompt_embeds", start, text.prompt_embeds)
@@ -192,7 +204,8 @@ def build_cache(store: RunStore, pipe, name: str, max_sequence_length: int, *, r
     if rank == 0:
         latent_hw = [store.shape.height // scale, store.shape.width // scale]
         store.root[group].attrs.update(dict(pairs=count, method=attrs.get("method", name), latent_hw=latent_hw,
-                                            max_sequence_length=int(max_sequence_length), complete=True))
+                                            max_sequence_length=int(max_sequence_length),
+                                            mask_downsample=mask_downsample, complete=True))
     comm.barrier()
 
 

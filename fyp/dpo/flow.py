@@ -4,7 +4,13 @@ SPEC section 4: `x_t = (1 - s) x0 + s eps`, target `eps - x0`, s the shifted sig
 the scheduler's training timesteps (option: logit-normal). FLUX.1's scheduler uses dynamic shifting:
 the shift depends on the image's token count through `mu = calculate_shift(seq_len)` and
 `s = exp(mu) / (exp(mu) + (1 / sigma - 1))` — the same shift the pipeline applies when sampling.
-With a static-shift scheduler `s = shift * sigma / (1 + (shift - 1) * sigma)`.
+With a static-shift scheduler `s = shift * sigma / (1 + (shift - 1) * sigma)`. `train.timestep_shift:
+none` leaves sigma on the unshifted grid {1..1000}/1000, as the official FluxFill DPO code draws it
+(mean 0.50 instead of 0.61 at 512 px).
+
+`FluxFill` is the trainer's model-family seam for FLUX.1 Fill (see `fyp.dpo.family`): it loads the
+transformer, encodes the pairs into the latent cache, and turns a batch of pairs into the noisy
+inputs, the targets and the predictions of one step.
 
 Every random draw is a pure function of (seed, epoch, pair, side), never of a global RNG: a pair's
 draw does not depend on the batch it lands in, on the number of processes, or on a resume, and the
@@ -19,9 +25,11 @@ from typing import get_args
 import numpy as np
 import torch
 
-from ..config import TimestepSampling
+from ..config import TimestepSampling, TimestepShift
 
 TIMESTEP_SAMPLING = get_args(TimestepSampling)  # the allowed values live in fyp.config
+TIMESTEP_SHIFT = get_args(TimestepShift)  # none: the official code's unshifted grid; flux: the scheduler's shift
+NUM_TRAIN_TIMESTEPS = 1000
 
 
 def calculate_shift(seq_len: int, base_seq: int = 256, max_seq: int = 4096, base_shift: float = 0.5,
@@ -57,15 +65,24 @@ class Draw:
     noise_l: torch.Tensor
 
 
+def grid_sigma(u: torch.Tensor, num_train_timesteps: int = NUM_TRAIN_TIMESTEPS) -> torch.Tensor:
+    """u in [0, 1) -> the unshifted training sigma (index + 1) / T, index = floor(u * T) in [0, T)."""
+    index = torch.clamp((u * num_train_timesteps).long(), max=num_train_timesteps - 1)
+    return (index.float() + 1) / num_train_timesteps
+
+
 def draw_pairs(pairs: list[int], epochs: list[int], latent_shape: tuple[int, int], *, seed: int,
-               scheduler_config, sampling: str = "uniform", shared_noise: bool = True,
-               num_train_timesteps: int = 1000) -> Draw:
+               scheduler_config, sampling: str = "uniform", shared_noise: bool = True, shift: str = "flux",
+               num_train_timesteps: int = NUM_TRAIN_TIMESTEPS) -> Draw:
     """Sigma and noise for each (pair, epoch): the same whatever batch, process or resume asks for them.
 
     `shared_noise`: DPO / IPO use one eps for winner and loser; CaPO / CaEN draw the loser's separately.
+    `shift`: "flux" shifts sigma as the scheduler does; "none" keeps the grid value.
     """
     if sampling not in TIMESTEP_SAMPLING:
         raise ValueError(f"timestep_sampling must be one of {', '.join(TIMESTEP_SAMPLING)}, got {sampling!r}")
+    if shift not in TIMESTEP_SHIFT:
+        raise ValueError(f"timestep_shift must be one of {', '.join(TIMESTEP_SHIFT)}, got {shift!r}")
     seq_len = latent_shape[0]
     sigmas, noise_w, noise_l = [], [], []
     for pair, epoch in zip(pairs, epochs):
@@ -74,14 +91,14 @@ def draw_pairs(pairs: list[int], epochs: list[int], latent_shape: tuple[int, int
             u = torch.rand((), generator=gen)
         else:  # logit-normal(0, 1), as in SD3 / FLUX training scripts
             u = torch.sigmoid(torch.randn((), generator=gen))
-        # A training timestep index in [0, T): sigma = (index + 1) / T, the scheduler's training grid.
-        index = torch.clamp((u * num_train_timesteps).long(), max=num_train_timesteps - 1)
-        sigmas.append((index.float() + 1) / num_train_timesteps)
+        sigmas.append(grid_sigma(u, num_train_timesteps))  # the scheduler's training grid
         eps_w = torch.randn(latent_shape, generator=gen)
         eps_l = eps_w if shared_noise else torch.randn(latent_shape, generator=pair_generator(seed, epoch, pair, 1))
         noise_w.append(eps_w)
         noise_l.append(eps_l)
-    sigma = shift_sigmas(torch.stack(sigmas), scheduler_config, seq_len)
+    sigma = torch.stack(sigmas)
+    if shift == "flux":
+        sigma = shift_sigmas(sigma, scheduler_config, seq_len)
     return Draw(sigma, torch.stack(noise_w), torch.stack(noise_l))
 
 
@@ -112,3 +129,109 @@ def predict(transformer, x_t: torch.Tensor, condition: torch.Tensor, sigma: torc
         guidance=guidance_vec, pooled_projections=pooled.to(dtype), encoder_hidden_states=prompt_embeds.to(dtype),
         txt_ids=text_ids, img_ids=img_ids, return_dict=False,
     )[0]
+
+
+# -- the model-family seam for FLUX.1 Fill (fyp.dpo.family) ----------------------------------------------
+@dataclass
+class Noised:
+    """One micro-batch made ready for the model: winner and loser as one batch of 2B, and the targets."""
+
+    inputs: tuple  # x_t (2B), condition, sigma, prompt embeddings, pooled, image ids: `predict`'s arguments
+    target_w: torch.Tensor
+    target_l: torch.Tensor
+
+
+class FlowMatching:
+    """The step's objective for FLUX.1 Fill: draws, x_t and the velocity target, the transformer call."""
+
+    def __init__(self, tcfg, scheduler_config: dict, latent_hw: tuple[int, int], latent_tokens: tuple[int, int],
+                 *, shared_noise: bool, guidance_embeds: bool, device, dtype):
+        self.scheduler_config, self.latent_tokens = scheduler_config, latent_tokens
+        self.seed, self.sampling, self.shift = tcfg.seed, tcfg.timestep_sampling, tcfg.timestep_shift
+        self.shared_noise, self.guidance_embeds = shared_noise, guidance_embeds
+        self.device, self.dtype = device, dtype
+        self.ids = image_ids(latent_hw[0] // 2, latent_hw[1] // 2, device, dtype)
+
+    def key(self) -> dict:
+        """What the draws depend on (the reference-loss cache is valid for these settings only)."""
+        return dict(seed=int(self.seed), sampling=self.sampling, shift=self.shift,
+                    shared_noise=bool(self.shared_noise))
+
+    def noised(self, batch, pairs: list[int], epochs: list[int]) -> Noised:
+        draw = draw_pairs(pairs, epochs, self.latent_tokens, seed=self.seed, scheduler_config=self.scheduler_config,
+                          sampling=self.sampling, shared_noise=self.shared_noise, shift=self.shift)
+        noise = dict(device=self.device, dtype=self.dtype)
+        x_w, target_w = noisy_and_target(batch.latent_w, draw.noise_w.to(**noise), draw.sigma)
+        x_l, target_l = noisy_and_target(batch.latent_l, draw.noise_l.to(**noise), draw.sigma)
+        inputs = (torch.cat([x_w, x_l]), torch.cat([batch.condition] * 2), torch.cat([draw.sigma] * 2),
+                  torch.cat([batch.prompt_embeds] * 2), torch.cat([batch.pooled] * 2), self.ids)
+        return Noised(inputs, target_w, target_l)
+
+    def predict(self, model, noised: Noised) -> tuple[torch.Tensor, torch.Tensor]:
+        """(winner, loser) predictions of `model` (the policy engine or the frozen reference)."""
+        pred_w, pred_l = predict(model, *noised.inputs, guidance_embeds=self.guidance_embeds).chunk(2)
+        return pred_w, pred_l
+
+
+class FluxFill:
+    """FLUX.1 Fill as the trainer's model family: latent cache, transformer, flow-matching objective."""
+
+    kind = "flux-fill"
+
+    def __init__(self, cfg):
+        self.cfg = cfg  # the RunConfig
+
+    def encode_pairs(self, store, name: str, *, device, rank: int, world: int, comm) -> None:
+        """Encode the pairs into the latent cache with the frozen VAE and text encoders (no transformer)."""
+        from ..models import build_pipeline
+        from .data import build_cache
+
+        cfg = self.cfg
+        pipe = build_pipeline(cfg.model, device=device, max_sequence_length=cfg.sampling.max_sequence_length,
+                              with_transformer=False)
+        build_cache(store, pipe, name, cfg.sampling.max_sequence_length, rank=rank, world=world, comm=comm,
+                    chunk=cfg.train.encode_batch, progress=True, mask_downsample=cfg.train.mask_downsample)
+
+    def open_pairs(self, store, name: str):
+        from .data import PairData
+
+        return PairData(store, name)
+
+    def load_model(self, zero_init: dict | None = None):
+        """The initial transformer (the policy's and the reference's weights) and the scheduler config.
+
+        `zero_init` None: the whole model on this process (the caller moves it to its device and dtype).
+        `zero_init` a DeepSpeed ZeRO-3 config: built under `deepspeed.zero.Init`, partitioned over the ranks
+        from the start, in the config's precision (bf16 when enabled, else fp32), with the same weights
+        (see fyp.dpo.zero3). The tiny model's weights are drawn on the CPU from model.seed either way.
+        """
+        from diffusers import FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
+
+        from ..models import resolve_dtype
+        from .zero3 import WeightSource, build_partitioned, transformer_folder
+
+        cfg = self.cfg
+        dtype = resolve_dtype(cfg.model.dtype)
+        if cfg.model.tiny:
+            from ..models import build_tiny_components
+
+            parts = build_tiny_components(cfg.model.seed, cfg.sampling.max_sequence_length)
+            transformer, scheduler_config = parts["transformer"], dict(parts["scheduler"].config)
+            if zero_init is not None:
+                transformer = build_partitioned(dict(transformer.config), WeightSource(transformer.state_dict()),
+                                                zero_init, dtype)
+            return transformer, scheduler_config
+        scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(cfg.model.pretrained, subfolder="scheduler")
+        if zero_init is None:
+            transformer = FluxTransformer2DModel.from_pretrained(cfg.model.pretrained, subfolder="transformer",
+                                                                 torch_dtype=dtype)
+        else:
+            folder = transformer_folder(cfg.model.pretrained)
+            transformer = build_partitioned(FluxTransformer2DModel.load_config(folder),
+                                            WeightSource.from_folder(folder), zero_init, dtype)
+        return transformer, dict(scheduler.config)
+
+    def objective(self, model, scheduler_config: dict, data, *, shared_noise: bool, device, dtype) -> FlowMatching:
+        return FlowMatching(self.cfg.train, scheduler_config, data.latent_hw, data.latent_tokens,
+                            shared_noise=shared_noise, guidance_embeds=bool(model.config.guidance_embeds),
+                            device=device, dtype=dtype)

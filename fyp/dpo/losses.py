@@ -16,22 +16,25 @@ predictions, the targets, the mask and the margin are constants (detached here, 
 fused kernel either). All arithmetic is fp32 whatever the input dtype.
 
 This module is the PyTorch reference that `kernels.fused_preference_loss` is tested against; both share
-`check_preference_inputs` so they accept and refuse exactly the same arguments.
+`check_preference_inputs` so they accept and refuse exactly the same arguments. `loss_backend` picks one
+of the two for the trainer (`train.loss_backend`).
 """
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, get_args
+import os
+from typing import Callable, NamedTuple, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..config import Loss, Normalize
+from ..config import Loss, LossBackend, Normalize
 
 KINDS = get_args(Loss)  # the allowed values live in fyp.config
 MARGIN_KINDS = ("capo", "caen")
 NORMALIZE = get_args(Normalize)
+LOSS_BACKENDS = get_args(LossBackend)
 
 
 class PreferenceTerms(NamedTuple):
@@ -107,6 +110,34 @@ def preference_loss(policy_w: Tensor, policy_l: Tensor, ref_w: Tensor | None, re
                              kind=kind, mask=mask, margin=margin, normalize=normalize,
                              ref_loss_w=ref_loss_w, ref_loss_l=ref_loss_l)
     return terms.loss, terms.inside
+
+
+def loss_backend(name: str, device: torch.device) -> tuple[str, Callable[..., PreferenceTerms]]:
+    """(resolved name, `preference_terms`-compatible function) of `train.loss_backend` on `device`.
+
+    "auto": the fused Triton kernel on CUDA, this module otherwise. "triton" on a CPU runs the kernels
+    in Triton's interpreter, which must be chosen before they are imported (TRITON_INTERPRET=1 in the
+    environment); without it the kernel module would silently fall back to this one, so that is refused.
+    """
+    from ..config import ConfigError
+
+    if name not in LOSS_BACKENDS:
+        raise ConfigError(f"train.loss_backend must be one of {', '.join(LOSS_BACKENDS)}, got {name!r}")
+    device = torch.device(device)
+    if name == "torch" or (name == "auto" and device.type != "cuda"):
+        return "torch", preference_terms
+    if device.type not in ("cuda", "cpu"):
+        raise ConfigError(f"train.loss_backend=triton runs on CUDA (or a CPU under TRITON_INTERPRET=1), "
+                          f"not on {device.type}; use train.loss_backend=torch")
+    if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ConfigError("train.loss_backend=triton on a CPU needs TRITON_INTERPRET=1 in the environment "
+                          "(Triton's interpreter); use train.loss_backend=torch or auto there")
+    from kernels.fused_preference_loss_ops import _runs_triton, fused_preference_terms
+
+    if not _runs_triton(device):  # imported before TRITON_INTERPRET was set: it would run this module instead
+        raise ConfigError("train.loss_backend=triton: the Triton kernels were imported without the "
+                          "interpreter; set TRITON_INTERPRET=1 before the process starts")
+    return "triton", fused_preference_terms
 
 
 # --------------------------------------------------------------------------- validation

@@ -7,8 +7,9 @@ by the initial policy itself, and training then runs without any reference model
 
     train/<name>/ref_loss_w  float32 [E, P]   L_ref(winner) of pair p's draw in epoch e
     train/<name>/ref_loss_l  float32 [E, P]
-    attrs ref_cache: the draw settings the cache was made with (seed, timestep sampling, shared noise,
-                     mask, normalize, epochs); a cache whose settings differ is recomputed.
+    attrs ref_cache: the draw settings the cache was made with (the objective's key: seed, timestep
+                     sampling and shift, shared noise; mask, normalize, epochs); a cache whose settings
+                     differ is recomputed.
 
 The trainer fills it with the policy's DeepSpeed engine before the first step (the initial weights):
 each process computes every W-th chunk of pairs; an all-reduce (sum) joins them and rank 0 writes. Under
@@ -23,32 +24,24 @@ import numpy as np
 import torch
 
 from .data import PairData, cache_group
-from .flow import draw_pairs, image_ids, noisy_and_target, predict
 from .losses import denoising_loss
 
 
-def cache_key(*, seed: int, sampling: str, shared_noise: bool, mask_loss: bool, normalize: str) -> dict:
-    return dict(seed=int(seed), sampling=sampling, shared_noise=bool(shared_noise), mask_loss=bool(mask_loss),
-                normalize=normalize)
+def cache_key(objective, *, mask_loss: bool, normalize: str) -> dict:
+    """The settings the cached losses depend on: the objective's draws, the mask and the normalisation."""
+    return dict(objective.key(), mask_loss=bool(mask_loss), normalize=normalize)
 
 
 @torch.no_grad()
-def reference_losses(transformer, data: PairData, pairs: list[int], epochs: list[int], *, seed: int,
-                     scheduler_config, sampling: str, shared_noise: bool, mask_loss: bool, normalize: str,
-                     device, dtype, guidance_embeds: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def reference_losses(model, data: PairData, objective, pairs: list[int], epochs: list[int], *, mask_loss: bool,
+                     normalize: str, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """L_ref(w), L_ref(l) [B] of these pairs' draws: the same computation the live reference does."""
     batch = data.batch(pairs, device, dtype)
-    draw = draw_pairs(pairs, epochs, data.latent_tokens, seed=seed, scheduler_config=scheduler_config,
-                      sampling=sampling, shared_noise=shared_noise)
-    x_w, target_w = noisy_and_target(batch.latent_w, draw.noise_w.to(device=device, dtype=dtype), draw.sigma)
-    x_l, target_l = noisy_and_target(batch.latent_l, draw.noise_l.to(device=device, dtype=dtype), draw.sigma)
-    ids = image_ids(data.latent_hw[0] // 2, data.latent_hw[1] // 2, device, dtype)
-    pred = predict(transformer, torch.cat([x_w, x_l]), torch.cat([batch.condition] * 2), torch.cat([draw.sigma] * 2),
-                   torch.cat([batch.prompt_embeds] * 2), torch.cat([batch.pooled] * 2), ids,
-                   guidance_embeds=guidance_embeds)
-    pred_w, pred_l = pred.chunk(2)
+    noised = objective.noised(batch, pairs, epochs)
+    pred_w, pred_l = objective.predict(model, noised)
     mask = batch.loss_mask if mask_loss else None
-    return denoising_loss(pred_w, target_w, mask, normalize), denoising_loss(pred_l, target_l, mask, normalize)
+    return (denoising_loss(pred_w, noised.target_w, mask, normalize),
+            denoising_loss(pred_l, noised.target_l, mask, normalize))
 
 
 class RefLossCache:
@@ -68,13 +61,14 @@ class RefLossCache:
         return self.loss_w[e, p].to(device), self.loss_l[e, p].to(device)
 
 
-def load_or_build(store, data: PairData, transformer, *, epochs: int, key: dict, batch_size: int,
-                  scheduler_config, device, dtype, rank: int = 0, world: int = 1, guidance_embeds: bool = True,
-                  barrier=lambda: None, all_reduce=lambda t: t, lockstep: bool = False) -> RefLossCache:
-    """The cache for `epochs` epochs under `key`: read if the store holds a matching one, else computed.
+def load_or_build(store, data: PairData, model, objective, *, epochs: int, mask_loss: bool, normalize: str,
+                  batch_size: int, device, dtype, rank: int = 0, world: int = 1, barrier=lambda: None,
+                  all_reduce=lambda t: t, lockstep: bool = False) -> RefLossCache:
+    """The cache for `epochs` epochs of `objective`'s draws: read if the store holds a matching one, else computed.
 
     `lockstep`: every rank makes the same number of forwards (needed when a forward is a collective, ZeRO-3).
     """
+    key = cache_key(objective, mask_loss=mask_loss, normalize=normalize)
     group = cache_group(data.name)
     attrs = dict(store.root[group].attrs).get("ref_cache")
     if attrs and {k: attrs.get(k) for k in key} == key and attrs.get("epochs", 0) >= epochs:
@@ -89,11 +83,8 @@ def load_or_build(store, data: PairData, transformer, *, epochs: int, key: dict,
     for i in range(rounds):
         epoch, start = mine[min(i, len(mine) - 1)] if mine else chunks[0]
         pairs = list(range(start, min(num, start + batch_size)))
-        lw, ll = reference_losses(transformer, data, pairs, [epoch] * len(pairs), seed=key["seed"],
-                                  scheduler_config=scheduler_config, sampling=key["sampling"],
-                                  shared_noise=key["shared_noise"], mask_loss=key["mask_loss"],
-                                  normalize=key["normalize"], device=device, dtype=dtype,
-                                  guidance_embeds=guidance_embeds)
+        lw, ll = reference_losses(model, data, objective, pairs, [epoch] * len(pairs), mask_loss=mask_loss,
+                                  normalize=normalize, device=device, dtype=dtype)
         if i < len(mine):  # a lockstep filler's result is dropped
             loss_w[epoch, pairs] = lw.float().cpu()
             loss_l[epoch, pairs] = ll.float().cpu()

@@ -1,7 +1,10 @@
 """Preference training (Diffusion-DPO / IPO / CaPO / CaEN) of the FLUX.1 Fill transformer with DeepSpeed.
 
-Reads top to bottom: configuration, processes, data (the latent cache), models (policy, reference or
-reference-loss cache), DeepSpeed engines, resume, the loop, checkpoints, export.
+Reads top to bottom: configuration and processes; what is built before the loop (`build`: the latent
+cache, policy and reference or reference-loss cache, DeepSpeed engines, loss backend, resume); the step
+(`train_step`); checkpoints and export; `train()` puts them together. What is particular to a model
+family (encoding the pairs, loading the model, the draws, noising, targets and forward) sits behind
+`fyp.dpo.family` (FLUX.1 Fill: `fyp.dpo.flow.FluxFill`).
 
     python -m fyp.dpo.train --run DIR [--pairs NAME] [--steps N] [--set train.lr=1e-4 ...]
     torchrun --nproc_per_node 2 -m fyp.dpo.train --run-dir DIR      # CPU: gloo (torchrun claims --run)
@@ -34,6 +37,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -42,11 +46,10 @@ from ..config import ConfigError, RunConfig, TrainConfig, check, from_dict, merg
 from ..run import Run, atomic_write_text
 from ..store import StoreError
 from . import launch
-from .checkpoints import LAYOUT_NAME, UNIVERSAL_SUFFIX, Layout, check_resumable, to_universal, write_layout
-from .checkpoints import latest as latest_checkpoint
-from .data import PairData, PairsError, PeerFailed, all_ok, build_cache, cache_group, read_pairs
-from .flow import draw_pairs, image_ids, noisy_and_target, predict
-from .losses import MARGIN_KINDS, preference_terms
+from .checkpoints import Checkpoints, Layout, UntrustedCheckpoint
+from .data import PairData, PairsError, PeerFailed, cache_group, read_pairs
+from .family import ModelFamily, Objective, model_family
+from .losses import MARGIN_KINDS, PreferenceTerms, loss_backend
 from .metrics import METRIC_NAMES, preference_metrics
 
 log = logging.getLogger("fyp.dpo")
@@ -198,46 +201,20 @@ class Dist:
             tensor = tensor.cpu()
         return tensor
 
+    def gather(self, obj) -> list:
+        """`obj` of every rank, in rank order (small picklable objects between this job's own processes)."""
+        if self.world == 1:
+            return [obj]
+        out = [None] * self.world
+        self.dist.all_gather_object(out, obj)
+        return out
+
     def close(self) -> None:
         if self.owned and self.dist.is_initialized():
             self.dist.destroy_process_group()
 
 
 # -- models ------------------------------------------------------------------------------------------
-def load_transformer_and_scheduler(cfg: RunConfig, zero_init: dict | None = None):
-    """The initial transformer (the policy's and the reference's weights) and the scheduler config.
-
-    `zero_init` None: the whole model on this process (the caller moves it to its device and dtype).
-    `zero_init` a DeepSpeed ZeRO-3 config: built under `deepspeed.zero.Init`, partitioned over the ranks
-    from the start, in the config's precision (bf16 when enabled, else fp32), with the same weights
-    (see fyp.dpo.zero3). The tiny model's weights are drawn on the CPU from model.seed either way.
-    """
-    from diffusers import FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
-
-    from ..models import resolve_dtype
-    from .zero3 import WeightSource, build_partitioned, transformer_folder
-
-    dtype = resolve_dtype(cfg.model.dtype)
-    if cfg.model.tiny:
-        from ..models import build_tiny_components
-
-        parts = build_tiny_components(cfg.model.seed, cfg.sampling.max_sequence_length)
-        transformer, scheduler_config = parts["transformer"], dict(parts["scheduler"].config)
-        if zero_init is not None:
-            transformer = build_partitioned(dict(transformer.config), WeightSource(transformer.state_dict()),
-                                            zero_init, dtype)
-        return transformer, scheduler_config
-    scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(cfg.model.pretrained, subfolder="scheduler")
-    if zero_init is None:
-        transformer = FluxTransformer2DModel.from_pretrained(cfg.model.pretrained, subfolder="transformer",
-                                                             torch_dtype=dtype)
-    else:
-        folder = transformer_folder(cfg.model.pretrained)
-        transformer = build_partitioned(FluxTransformer2DModel.load_config(folder), WeightSource.from_folder(folder),
-                                        zero_init, dtype)
-    return transformer, dict(scheduler.config)
-
-
 def set_trainable(transformer, cfg: TrainConfig) -> dict | None:
     """Freeze per `train.trainable`; returns the LoRA config dict (for export) when LoRA is used."""
     if cfg.trainable == "lora":
@@ -327,6 +304,258 @@ def read_metrics(run_dir: Path | str, pairs: str) -> list[dict]:
         return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(handle)]
 
 
+# -- built before the loop ---------------------------------------------------------------------------
+def pairs_fingerprint(run: Run, cfg: RunConfig) -> str:
+    """Check the pairs and fingerprint them with what the latent cache depends on.
+
+    Called by every rank before any process group exists: a bad input fails alike on all ranks (one rank
+    raising while the others wait at a barrier would hang them until the gloo/NCCL timeout). The margin
+    is part of the fingerprint: pairs remade under the same name with the same winners and losers but
+    another method (ensemble -> caen) must not reuse a cache holding the old margins; so is the hole's
+    downsampling, which the cache stores.
+    """
+    tcfg, name = cfg.train, cfg.train.pairs
+    index, winner, loser, margin, _ = read_pairs(run.store(mode="r"), name)
+    if tcfg.loss in MARGIN_KINDS and np.isnan(margin).any():
+        raise ConfigError(f"train.loss={tcfg.loss} needs target margins, but pairs/{name} has none "
+                          f"(make the pairs with method capo or caen)")
+    return hashlib.sha1(index.tobytes() + winner.tobytes() + loser.tobytes() + margin.tobytes()
+                        + tcfg.mask_downsample.encode()).hexdigest()
+
+
+def latent_cache(run: Run, cfg: RunConfig, family: ModelFamily, dist: Dist, fingerprint: str) -> PairData:
+    """The encoded pairs: reused when the store holds a complete cache of the same pairs, else encoded
+    once by the ranks (each a share of the chunks) with the frozen encoders, outside any zero.Init."""
+    name, store = cfg.train.pairs, run.store()
+    group = cache_group(name)
+    cached = bool(group in store and store.root[group].attrs.get("complete") and
+                  store.root[group].attrs.get("fingerprint") == fingerprint)
+    dist.barrier()  # every rank has read the cache's state before rank 0 may delete it
+    if not cached:
+        if dist.rank == 0:
+            log.info("encoding pairs of %s into %s over %d process(es)", name, group, dist.world)
+        family.encode_pairs(store, name, device=dist.device, rank=dist.rank, world=dist.world, comm=dist)
+        if dist.rank == 0:
+            store.root[group].attrs["fingerprint"] = fingerprint
+    dist.barrier()
+    return family.open_pairs(run.store(), name)
+
+
+@dataclass
+class Models:
+    policy: torch.nn.Module  # trainable (frozen parts per train.trainable), not yet wrapped by DeepSpeed
+    scheduler_config: dict
+    reference: torch.nn.Module | None  # the frozen initial weights; None with train.ref_cache
+    lora: dict | None  # the LoRA config (for export) when train.trainable is lora
+
+
+def build_models(cfg: RunConfig, family: ModelFamily, dist: Dist, ds_train: dict, ds_frozen: dict) -> Models:
+    """The policy and the frozen reference from the initial weights. Under ZeRO-3 with train.zero_init
+    both are built partitioned, so no rank ever holds a whole model."""
+    from ..models import resolve_dtype
+    from .zero3 import copies_partitions, partitioned_copy
+
+    tcfg = cfg.train
+    zero_init = tcfg.zero_stage == 3 and tcfg.zero_init
+    policy, scheduler_config = family.load_model(ds_train if zero_init else None)
+    if zero_init:
+        held = sum(p.ds_tensor.numel() for p in policy.parameters())
+        log.info("transformer built partitioned (deepspeed.zero.Init): %d parameters, %d on rank %d",
+                 sum(p.ds_numel for p in policy.parameters()), held, dist.rank)
+    else:
+        policy.to(device=dist.device, dtype=resolve_dtype(cfg.model.dtype))
+    reference = None
+    if not tcfg.ref_cache:  # copied before LoRA or freezing touch the policy
+        if not zero_init:
+            reference = copy.deepcopy(policy)
+        elif copies_partitions(ds_frozen):
+            reference = partitioned_copy(policy, ds_frozen)
+        else:  # NVMe-offloaded partitions: build the reference from the weights again
+            reference = family.load_model(ds_frozen)[0]
+        reference.requires_grad_(False).eval()
+    lora = set_trainable(policy, tcfg)
+    if tcfg.gradient_checkpointing:
+        policy.enable_gradient_checkpointing()
+    policy.train()
+    return Models(policy, scheduler_config, reference, lora)
+
+
+def build_engine(tcfg: TrainConfig, policy: torch.nn.Module, ds_train: dict):
+    """The policy's DeepSpeed engine: ZeRO, AdamW over the trainable parameters, warm-up and LR schedule."""
+    import deepspeed
+
+    trainable = [p for p in policy.parameters() if p.requires_grad]
+    engine, _, _, _ = deepspeed.initialize(
+        model=policy, model_parameters=trainable, config=ds_train,
+        lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: lr_lambda(s, tcfg.warmup_steps, tcfg.steps, tcfg.lr_schedule)),
+    )
+    return engine
+
+
+class LiveReference:
+    """The frozen reference model, run on the step's noisy inputs."""
+
+    def __init__(self, model, objective: Objective):
+        self.model, self.objective = model, objective
+
+    def terms(self, rows: list[int], epochs: list[int], noised) -> dict:
+        with torch.no_grad():
+            ref_w, ref_l = self.objective.predict(self.model, noised)
+        return dict(ref_w=ref_w, ref_l=ref_l)
+
+
+class CachedReference:
+    """The reference's losses looked up in the reference-loss cache (no reference model)."""
+
+    def __init__(self, cache, device):
+        self.cache, self.device = cache, device
+
+    def terms(self, rows: list[int], epochs: list[int], noised) -> dict:
+        ref_loss_w, ref_loss_l = self.cache.lookup(rows, epochs, self.device)
+        return dict(ref_w=None, ref_l=None, ref_loss_w=ref_loss_w, ref_loss_l=ref_loss_l)
+
+
+def build_reference(cfg: RunConfig, models: Models, engine, objective: Objective, data: PairData, store,
+                    dist: Dist, ds_frozen: dict) -> LiveReference | CachedReference:
+    import deepspeed
+
+    from ..models import resolve_dtype
+    from .ref_cache import load_or_build
+
+    tcfg = cfg.train
+    if not tcfg.ref_cache:
+        reference = models.reference
+        if tcfg.zero_stage == 3:  # sharded like the policy, no optimizer: ZeRO-3 gathers it layer by layer
+            reference, _, _, _ = deepspeed.initialize(model=reference, config=ds_frozen)
+            reference.eval()
+        return LiveReference(reference, objective)
+    # The policy engine before any step (and before resume) is the reference. LoRA adds a zero (lora_B
+    # starts at 0); gradient checkpointing is inactive under no_grad.
+    engine.eval()
+    cache = load_or_build(store, data, engine, objective, epochs=epochs_needed(tcfg, dist.world, data.num_pairs),
+                          mask_loss=tcfg.mask_loss, normalize=tcfg.normalize, batch_size=tcfg.batch_size,
+                          device=dist.device, dtype=resolve_dtype(cfg.model.dtype), rank=dist.rank,
+                          world=dist.world, barrier=dist.barrier, all_reduce=dist.all_reduce,
+                          lockstep=tcfg.zero_stage == 3)
+    engine.train()
+    return CachedReference(cache, dist.device)
+
+
+@dataclass
+class Trainer:
+    """Everything built before the loop."""
+
+    cfg: RunConfig
+    dist: Dist
+    out: Path  # <run>/train/<pairs>
+    data: PairData
+    engine: object  # the policy's DeepSpeed engine
+    objective: Objective  # the model family's draws, noising, targets and forward
+    reference: LiveReference | CachedReference
+    loss_fn: Callable[..., PreferenceTerms]  # train.loss_backend's preference_terms
+    checkpoints: Checkpoints
+    start: int  # the first step to run (> 0 when resumed)
+    lora: dict | None
+    dtype: torch.dtype
+
+
+def build(run: Run, cfg: RunConfig, dist: Dist, fingerprint: str) -> Trainer:
+    """Latent cache, models, DeepSpeed engines, reference, loss backend, resume: in that order."""
+    from ..models import resolve_dtype
+
+    tcfg = cfg.train
+    out = output_dir(run.dir, tcfg.pairs)
+    backend, loss_fn = loss_backend(tcfg.loss_backend, dist.device)
+    if dist.rank == 0:
+        log.info("preference loss: %s (train.loss_backend=%s)", backend, tcfg.loss_backend)
+    family = model_family(cfg)
+    data = latent_cache(run, cfg, family, dist, fingerprint)
+    dtype = resolve_dtype(cfg.model.dtype)
+    ds_train = deepspeed_config(tcfg, dist.world, dtype == torch.bfloat16)
+    ds_frozen = deepspeed_config(tcfg, dist.world, dtype == torch.bfloat16, with_optimizer=False)
+    # The resume is planned before the engine exists: another world size needs a universal checkpoint
+    # (converted once by rank 0) and an engine configured to load it.
+    checkpoints = Checkpoints(out / "checkpoints", Layout(0, dist.world, tcfg.batch_size, tcfg.grad_accum), dist)
+    checkpoints.plan_resume(ds_train)
+    models = build_models(cfg, family, dist, ds_train, ds_frozen)
+    engine = build_engine(tcfg, models.policy, ds_train)
+    objective = family.objective(models.policy, models.scheduler_config, data,
+                                 shared_noise=tcfg.loss not in MARGIN_KINDS, device=dist.device, dtype=dtype)
+    reference = build_reference(cfg, models, engine, objective, data, run.store(), dist, ds_frozen)
+    start = checkpoints.load(engine)  # weights, optimizer, LR schedule; draws and order are stateless
+    return Trainer(cfg, dist, out, data, engine, objective, reference, loss_fn, checkpoints, start, models.lora,
+                   dtype)
+
+
+# -- the step ----------------------------------------------------------------------------------------
+def train_step(t: Trainer, step: int) -> dict:
+    """One optimizer step over train.grad_accum micro-batches; the metrics averaged over every rank."""
+    tcfg, dist = t.cfg.train, t.dist
+    tick = time.time()
+    lr = float(t.engine.get_lr()[0])
+    sums = torch.zeros(len(METRIC_NAMES), dtype=torch.float64)
+    grad_norm = None
+    for micro in range(tcfg.grad_accum):
+        rows, epochs = global_indices(step, micro, dist.rank, world=dist.world, batch=tcfg.batch_size,
+                                      grad_accum=tcfg.grad_accum, num_pairs=t.data.num_pairs, seed=tcfg.seed)
+        batch = t.data.batch(rows, dist.device, t.dtype)
+        noised = t.objective.noised(batch, rows, epochs)
+        pred_w, pred_l = t.objective.predict(t.engine, noised)  # winner and loser in one batch of 2B
+        terms = t.loss_fn(pred_w, pred_l, target_w=noised.target_w, target_l=noised.target_l, beta=tcfg.beta,
+                          kind=tcfg.loss, mask=batch.loss_mask if tcfg.mask_loss else None,
+                          margin=batch.margin if tcfg.loss in MARGIN_KINDS else None, normalize=tcfg.normalize,
+                          **t.reference.terms(rows, epochs, noised))
+        t.engine.backward(terms.loss)
+        if micro == tcfg.grad_accum - 1 and tcfg.zero_stage == 0:
+            grad_norm = unsharded_grad_norm(t.engine.module)  # DeepSpeed reports none without ZeRO
+        t.engine.step()
+        values = preference_metrics(terms)
+        sums += torch.stack([values[k].double().cpu() for k in METRIC_NAMES])
+    means = dist.all_reduce(sums) / (tcfg.grad_accum * dist.world)
+    seconds = time.time() - tick
+    if tcfg.zero_stage > 0:
+        grad_norm = t.engine.get_global_grad_norm()
+    metrics = {k: float(v) for k, v in zip(METRIC_NAMES, means)}
+    metrics.update(grad_norm=float(grad_norm) if grad_norm is not None else float("nan"), lr=lr,
+                   pairs_per_s=tcfg.batch_size * tcfg.grad_accum * dist.world / seconds, step_seconds=seconds)
+    return metrics
+
+
+# -- checkpoints and export --------------------------------------------------------------------------
+def checkpoint_or_stop(t: Trainer, done: int, stop_after: int | None, metrics_log: MetricsLog) -> None:
+    """Checkpoint every train.checkpoint_every steps; on a stop request agreed by every rank (or at
+    `stop_after`), checkpoint and raise TrainingPreempted."""
+    steps = t.cfg.train.steps
+    every = t.cfg.train.checkpoint_every
+    if every and done % every == 0 and done < steps:
+        t.checkpoints.save(t.engine, done)
+    stop = _STOP.is_set() or (stop_after is not None and done >= stop_after and done < steps)
+    if t.dist.all_reduce(torch.tensor([float(stop)]), op="max").item() > 0 and done < steps:
+        path = t.checkpoints.save(t.engine, done)
+        metrics_log.close()
+        _STOP.clear()
+        # Every rank has its checkpoint on disk before any exits: under `srun --kill-on-bad-exit` the first
+        # rank to exit (code 75) ends the others.
+        t.dist.barrier()
+        raise TrainingPreempted(done, path)
+
+
+def export(t: Trainer, run: Run) -> str | None:
+    """The aligned transformer as a diffusers folder (gathered to rank 0 under ZeRO-3; LoRA fused)."""
+    from .export import export_transformer, gather_state_dict
+
+    if not t.cfg.train.export:
+        return None
+    state = gather_state_dict(t.engine, t.cfg.train.zero_stage)
+    exported = None
+    if t.dist.rank == 0:
+        exported = str(export_transformer(state, dict(t.engine.module.config), export_dir(run.dir, t.cfg.train.pairs),
+                                          t.dtype, t.lora))
+    t.dist.barrier()
+    return exported
+
+
 # -- the trainer -------------------------------------------------------------------------------------
 def train(run_dir: Path | str, pairs: str | None = None, *, steps: int | None = None, overrides: dict | None = None,
           stop_after: int | None = None) -> TrainResult:
@@ -334,215 +563,23 @@ def train(run_dir: Path | str, pairs: str | None = None, *, steps: int | None = 
 
     `stop_after`: stop (with a checkpoint, as on SIGUSR2) once this many steps are done — for tests.
     """
-    import deepspeed
-
-    from ..models import build_pipeline, resolve_dtype
-    from .export import export_transformer, gather_state_dict
-    from .ref_cache import cache_key, load_or_build
-    from .zero3 import copies_partitions, partitioned_copy
-
     begin = time.time()
     run = Run.open(run_dir)
     cfg = resolve_config(run, pairs, steps, overrides)
-    tcfg, name = cfg.train, cfg.train.pairs
-    out = output_dir(run.dir, name)
-    # Every rank checks the pairs before any process group exists: a bad input fails alike on all ranks
-    # (one rank raising while the others wait at a barrier would hang them until the gloo/NCCL timeout).
-    index, winner, loser, margin, _ = read_pairs(run.store(mode="r"), name)
-    if tcfg.loss in MARGIN_KINDS and np.isnan(margin).any():
-        raise ConfigError(f"train.loss={tcfg.loss} needs target margins, but pairs/{name} has none "
-                          f"(make the pairs with method capo or caen)")
-    dist = Dist(tcfg.dist_timeout_minutes)
-    rank, world, device = dist.rank, dist.world, dist.device
-    dtype = resolve_dtype(cfg.model.dtype)
+    fingerprint = pairs_fingerprint(run, cfg)
+    dist = Dist(cfg.train.dist_timeout_minutes)
     try:
-        # Data: the ranks encode the pairs once with the frozen VAE and text encoders (the transformer is
-        # not loaded for it), outside any zero.Init, each a share of the chunks.
-        store = run.store()
-        # The margin is part of the cache: pairs remade under the same name with the same winners and
-        # losers but another method (ensemble -> caen) must not reuse a cache holding the old margins.
-        fingerprint = hashlib.sha1(index.tobytes() + winner.tobytes() + loser.tobytes()
-                                   + margin.tobytes()).hexdigest()
-        group = cache_group(name)
-        cached = bool(group in store and store.root[group].attrs.get("complete") and
-                      store.root[group].attrs.get("fingerprint") == fingerprint)
-        dist.barrier()  # every rank has read the cache's state before rank 0 may delete it
-        if not cached:
-            if rank == 0:
-                log.info("encoding %d pairs of %s into %s over %d process(es)", len(index), name, group, world)
-            pipe = build_pipeline(cfg.model, device=device, max_sequence_length=cfg.sampling.max_sequence_length,
-                                  with_transformer=False)
-            build_cache(store, pipe, name, cfg.sampling.max_sequence_length, rank=rank, world=world, comm=dist,
-                        chunk=tcfg.encode_batch, progress=True)
-            del pipe
-            if rank == 0:
-                store.root[group].attrs["fingerprint"] = fingerprint
-        dist.barrier()
-        store = run.store()
-        data = PairData(store, name)
-
-        # Models: the initial weights are the policy's start and the frozen reference. Under ZeRO-3 (with
-        # train.zero_init) both are built partitioned, so no rank ever holds a whole model.
-        bf16 = dtype == torch.bfloat16
-        ds_train = deepspeed_config(tcfg, world, bf16)
-        # Resume: decided before the engine exists, since another world size needs a universal checkpoint
-        # (converted once by rank 0) and an engine configured to load it.
-        ckpt_dir = out / "checkpoints"
-        resume, resume_tag = latest_checkpoint(ckpt_dir), None
-        layout = Layout(0, world, tcfg.batch_size, tcfg.grad_accum)
-        if resume is not None:
-            resume_tag = resume.tag
-            if resume.layout is not None and check_resumable(ckpt_dir, resume.layout, layout):
-                error = None
-                if rank == 0:
-                    log.info("checkpoint %s was written by %d process(es), this run has %d: converting it to a "
-                             "universal checkpoint", resume.tag, resume.layout.world, world)
-                    try:
-                        to_universal(ckpt_dir, resume.tag)
-                    except Exception as exc:  # noqa: BLE001 - every rank stops, this one with the reason
-                        error = exc
-                all_ok(dist, error, rank, f"converting {resume.tag} to a universal checkpoint")
-                resume_tag = resume.tag + UNIVERSAL_SUFFIX
-                ds_train["checkpoint"] = {**ds_train.get("checkpoint", {}), "load_universal": True}
-        ds_frozen = deepspeed_config(tcfg, world, bf16, with_optimizer=False)
-        zero_init = tcfg.zero_stage == 3 and tcfg.zero_init
-        transformer, scheduler_config = load_transformer_and_scheduler(cfg, ds_train if zero_init else None)
-        if zero_init:
-            held = sum(p.ds_tensor.numel() for p in transformer.parameters())
-            log.info("transformer built partitioned (deepspeed.zero.Init): %d parameters, %d on rank %d",
-                     sum(p.ds_numel for p in transformer.parameters()), held, rank)
-        else:
-            transformer.to(device=device, dtype=dtype)
-        guidance_embeds = bool(transformer.config.guidance_embeds)
-        shared_noise = tcfg.loss not in MARGIN_KINDS
-        draw_kw = dict(seed=tcfg.seed, scheduler_config=scheduler_config, sampling=tcfg.timestep_sampling,
-                       shared_noise=shared_noise)
-        ref_model = None
-        if not tcfg.ref_cache:
-            if not zero_init:
-                ref_model = copy.deepcopy(transformer)
-            elif copies_partitions(ds_frozen):
-                ref_model = partitioned_copy(transformer, ds_frozen)
-            else:  # NVMe-offloaded partitions: build the reference from the weights again
-                ref_model = load_transformer_and_scheduler(cfg, ds_frozen)[0]
-            ref_model.requires_grad_(False).eval()
-        lora = set_trainable(transformer, tcfg)
-        if tcfg.gradient_checkpointing:
-            transformer.enable_gradient_checkpointing()
-        transformer.train()
-
-        trainable = [p for p in transformer.parameters() if p.requires_grad]
-        engine, _, _, _ = deepspeed.initialize(
-            model=transformer, model_parameters=trainable, config=ds_train,
-            lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(
-                opt, lambda s: lr_lambda(s, tcfg.warmup_steps, tcfg.steps, tcfg.lr_schedule)),
-        )
-        if ref_model is not None and tcfg.zero_stage == 3:
-            # The reference sharded like the policy, no optimizer: ZeRO-3 gathers it layer by layer.
-            ref_model, _, _, _ = deepspeed.initialize(model=ref_model, config=ds_frozen)
-            ref_model.eval()
-        ref_cache = None
-        if tcfg.ref_cache:
-            # The policy engine before any step (and before resume) is the reference. LoRA adds a zero
-            # (lora_B starts at 0); gradient checkpointing is inactive under no_grad.
-            key = cache_key(seed=tcfg.seed, sampling=tcfg.timestep_sampling, shared_noise=shared_noise,
-                            mask_loss=tcfg.mask_loss, normalize=tcfg.normalize)
-            engine.eval()
-            ref_cache = load_or_build(store, data, engine, epochs=epochs_needed(tcfg, world, data.num_pairs),
-                                      key=key, batch_size=tcfg.batch_size, scheduler_config=scheduler_config,
-                                      device=device, dtype=dtype, rank=rank, world=world,
-                                      guidance_embeds=guidance_embeds, barrier=dist.barrier,
-                                      all_reduce=dist.all_reduce, lockstep=tcfg.zero_stage == 3)
-            engine.train()
-
-        # Resume: DeepSpeed restores weights, optimizer and LR schedule; draws and order are stateless.
-        start = 0
-        if resume_tag is not None:
-            _, client = engine.load_checkpoint(str(ckpt_dir), tag=resume_tag)
-            start = int(client["step"])
-            if resume.layout is None:  # written before layout.json: the same layout only
-                saved = Layout(start, int(client.get("world", 0)), *client.get("batch", [0, 0]))
-                if saved.world != world:
-                    raise ConfigError(f"checkpoint in {ckpt_dir} was made with world {saved.world} and has no "
-                                      f"{LAYOUT_NAME}; resume it with world {saved.world}")
-                check_resumable(ckpt_dir, saved, layout)
-            log.info("resumed %s at step %d from %s", ckpt_dir, start, resume_tag)
-
-        def save(step: int) -> Path:
-            tag = f"step-{step:06d}"
-            engine.save_checkpoint(str(ckpt_dir), tag=tag,
-                                   client_state=dict(step=step, world=world, batch=[tcfg.batch_size, tcfg.grad_accum]))
-            if rank == 0:
-                write_layout(ckpt_dir / tag, Layout(step, world, tcfg.batch_size, tcfg.grad_accum))
-            dist.barrier()
-            return ckpt_dir / tag
-
-        metrics_log = MetricsLog(out, start, enabled=rank == 0)
-        ids = image_ids(data.latent_hw[0] // 2, data.latent_hw[1] // 2, device, dtype)
-        mask_on = tcfg.mask_loss
+        t = build(run, cfg, dist, fingerprint)
+        metrics_log = MetricsLog(t.out, t.start, enabled=dist.rank == 0)
         last: dict = {}
-        for step in range(start, tcfg.steps):
-            tick = time.time()
-            lr = float(engine.get_lr()[0])
-            sums = torch.zeros(len(METRIC_NAMES), dtype=torch.float64)
-            for micro in range(tcfg.grad_accum):
-                rows, epochs = global_indices(step, micro, rank, world=world, batch=tcfg.batch_size,
-                                              grad_accum=tcfg.grad_accum, num_pairs=data.num_pairs, seed=tcfg.seed)
-                batch = data.batch(rows, device, dtype)
-                draw = draw_pairs(rows, epochs, data.latent_tokens, **draw_kw)
-                x_w, target_w = noisy_and_target(batch.latent_w, draw.noise_w.to(device=device, dtype=dtype), draw.sigma)
-                x_l, target_l = noisy_and_target(batch.latent_l, draw.noise_l.to(device=device, dtype=dtype), draw.sigma)
-                inputs = (torch.cat([x_w, x_l]), torch.cat([batch.condition] * 2), torch.cat([draw.sigma] * 2),
-                          torch.cat([batch.prompt_embeds] * 2), torch.cat([batch.pooled] * 2), ids)
-                pred_w, pred_l = predict(engine, *inputs, guidance_embeds=guidance_embeds).chunk(2)
-                ref = dict(ref_w=None, ref_l=None)
-                if ref_cache is not None:
-                    ref["ref_loss_w"], ref["ref_loss_l"] = ref_cache.lookup(rows, epochs, device)
-                else:
-                    with torch.no_grad():
-                        ref["ref_w"], ref["ref_l"] = predict(ref_model, *inputs, guidance_embeds=guidance_embeds).chunk(2)
-                terms = preference_terms(pred_w, pred_l, target_w=target_w, target_l=target_l, beta=tcfg.beta,
-                                         kind=tcfg.loss, mask=batch.loss_mask if mask_on else None,
-                                         margin=batch.margin if tcfg.loss in MARGIN_KINDS else None,
-                                         normalize=tcfg.normalize, **ref)
-                engine.backward(terms.loss)
-                if micro == tcfg.grad_accum - 1 and tcfg.zero_stage == 0:
-                    grad_norm = unsharded_grad_norm(transformer)  # DeepSpeed reports none without ZeRO
-                engine.step()
-                values = preference_metrics(terms)
-                sums += torch.stack([values[k].double().cpu() for k in METRIC_NAMES])
-            means = dist.all_reduce(sums) / (tcfg.grad_accum * world)
-            seconds = time.time() - tick
-            if tcfg.zero_stage > 0:
-                grad_norm = engine.get_global_grad_norm()
-            last = {k: float(v) for k, v in zip(METRIC_NAMES, means)}
-            last.update(grad_norm=float(grad_norm) if grad_norm is not None else float("nan"), lr=lr,
-                        pairs_per_s=tcfg.batch_size * tcfg.grad_accum * world / seconds, step_seconds=seconds)
+        for step in range(t.start, cfg.train.steps):
+            last = train_step(t, step)
             metrics_log.write(step, last)
-            done = step + 1
-            if tcfg.checkpoint_every and done % tcfg.checkpoint_every == 0 and done < tcfg.steps:
-                save(done)
-            stop = _STOP.is_set() or (stop_after is not None and done >= stop_after and done < tcfg.steps)
-            if dist.all_reduce(torch.tensor([float(stop)]), op="max").item() > 0 and done < tcfg.steps:
-                path = save(done)
-                metrics_log.close()
-                _STOP.clear()
-                # Every rank has its checkpoint on disk before any exits: under `srun --kill-on-bad-exit`
-                # the first rank to exit (code 75) ends the others.
-                dist.barrier()
-                raise TrainingPreempted(done, path)
+            checkpoint_or_stop(t, step + 1, stop_after, metrics_log)
         metrics_log.close()
-
-        exported = None
-        if tcfg.export:
-            state = gather_state_dict(engine, tcfg.zero_stage)
-            if rank == 0:
-                config = dict(engine.module.config)
-                exported = str(export_transformer(state, config, export_dir(run.dir, name), dtype, lora))
-            dist.barrier()
-        result = TrainResult(name, tcfg.steps, start, time.time() - begin, last, exported)
-        if rank == 0:
-            atomic_write_text(out / "done.json", json.dumps(asdict(result), indent=1))
+        result = TrainResult(cfg.train.pairs, cfg.train.steps, t.start, time.time() - begin, last, export(t, run))
+        if dist.rank == 0:
+            atomic_write_text(t.out / "done.json", json.dumps(asdict(result), indent=1))
         return result
     finally:
         dist.close()
@@ -568,7 +605,7 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingPreempted as exc:
         log.warning("%s", exc)
         return REQUEUE_EXIT_CODE
-    except (ConfigError, PairsError, StoreError, FileNotFoundError) as exc:
+    except (ConfigError, PairsError, StoreError, UntrustedCheckpoint, FileNotFoundError) as exc:
         print(f"fyp.dpo.train: {exc}", file=sys.stderr)  # bad input: one line, no traceback
         return 2
     except PeerFailed as exc:  # the failing rank printed its own error
