@@ -32,7 +32,8 @@ class Resources:
     time: str = "01:00:00"  # Slurm syntax: MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS
     nodes: int = 1
     gpus_per_node: int = 0
-    cpus_per_task: int = 1
+    cpus_per_task: int = 1  # per process: train on several GPUs runs one process (task) per GPU
+    cpus_per_node: int = 0  # the nodes' CPUs (0 = not said): a task's shape is checked against it before sbatch
     mem: str | None = None  # e.g. 16G, 4000M; None = the cluster's DefMemPerCPU
     constraint: str | None = None
     setup: tuple[str, ...] = ()  # shell lines run before the task: module loads, venv activation
@@ -47,7 +48,10 @@ class Resources:
 
 
 RESOURCE_KEYS = [f.name for f in dataclasses.fields(Resources)]
-TOP_KEYS = ["executor", "max_array_size", "stages", "rewards", "description"] + RESOURCE_KEYS
+TOP_KEYS = ["executor", "max_array_size", "stages", "rewards", "finalize", "description"] + RESOURCE_KEYS
+# A stage's finalisation (consolidate, write a marker) runs once on one CPU: it does not get the stage's
+# GPUs, nodes or memory (train's 256G); partition/account/qos are the top level's; `finalize:` overrides.
+FINALIZE_SHAPE = dict(nodes=1, gpus_per_node=0, cpus_per_task=1, mem="4G", time="00:30:00", constraint=None)
 EXECUTORS = ("local", "slurm")
 
 
@@ -60,6 +64,13 @@ class ClusterConfig:
     stages: dict = field(default_factory=dict)  # stage -> Resources
     rewards: dict = field(default_factory=dict)  # reward -> Resources (score stage variants)
     description: str = ""
+    finalize: dict = field(default_factory=dict)  # resource keys the finalisation jobs override
+
+    def finalize_resources(self, stage: str, variant: str | None = None) -> Resources:
+        """The small CPU shape of a stage's finalisation job (its setup and interpreter are the stage's)."""
+        res = self.resources(stage, variant)
+        top = {k: getattr(self.base, k) for k in ("partition", "account", "qos")}
+        return dataclasses.replace(res, **{**FINALIZE_SHAPE, **top, **self.finalize})
 
     def resources(self, stage: str, variant: str | None = None) -> Resources:
         res = self.stages.get(stage, self.base)
@@ -115,7 +126,8 @@ def _check_value(key: str, value, where: str):
         if not isinstance(value, str) or not _TIME.match(value):
             raise bad("a Slurm time such as 30, 02:00:00 or 1-12:00:00")
         return value
-    if key in ("nodes", "cpus_per_task", "max_requeues", "gpus_per_node", "throttle", "signal_seconds"):
+    if key in ("nodes", "cpus_per_task", "max_requeues", "gpus_per_node", "throttle", "signal_seconds",
+               "cpus_per_node"):
         minimum = 1 if key in ("nodes", "cpus_per_task") else 0
         if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
             raise bad(f"an integer >= {minimum}")
@@ -181,7 +193,20 @@ def from_dict(raw: dict, name: str = "<inline>", stage_names: list[str] | None =
     score = stages.get("score", base)
     for reward, over in (raw.get("rewards") or {}).items():
         rewards[str(reward)] = _resources(over or {}, score, f"cluster config {name}, rewards.{reward}")
-    return ClusterConfig(name, executor, base, max_array, stages, rewards, str(raw.get("description", "")))
+    over = raw.get("finalize") or {}
+    shape = _resources(over, base, f"cluster config {name}, finalize")
+    finalize = {k: getattr(shape, k) for k in over}
+    return ClusterConfig(name, executor, base, max_array, stages, rewards, str(raw.get("description", "")), finalize)
+
+
+def check_shape(cluster: "ClusterConfig", stage: str, res: Resources, tasks_per_node: int) -> None:
+    """Refuse, before sbatch, a task that cannot fit a node: Slurm would refuse it (or pend it forever)."""
+    cpus = tasks_per_node * res.cpus_per_task
+    if res.cpus_per_node and cpus > res.cpus_per_node:
+        raise ClusterConfigError(
+            f"cluster config {cluster.name}, stages.{stage}: {tasks_per_node} task(s) per node x cpus_per_task "
+            f"{res.cpus_per_task} = {cpus} CPUs, more than a node's cpus_per_node {res.cpus_per_node}; cpus_per_task "
+            f"is per process (one per GPU): set it to at most {max(1, res.cpus_per_node // tasks_per_node)}")
 
 
 def load(name_or_path: str) -> ClusterConfig:

@@ -93,9 +93,11 @@ def test_status_reports_failures_with_error_and_log(capsys, created, monkeypatch
     run = Run.open(created)
     run.write_task_record("prepare", 0, "done", done=2)
     run.write_task_record("prepare", 1, "failed", error="ValueError: corrupt image at sample 3")
-    ledger.append(created, kind="local", stage="prepare", variant=None, shard=1, job_id="4242",
-                  log=str(created / "logs/prepare/shard-00001/4242_0_log.out"))
+    log = created / "logs/prepare/shard-00001/4242_0_log.out"
+    ledger.append(created, kind="local", stage="prepare", variant=None, shard=1, job_id="4242", log=str(log))
     run.write_task_record("prepare", 1, "failed", error="ValueError: corrupt image at sample 3")
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text("ValueError: corrupt image at sample 3\n")  # status names a log only where one exists
     code, out, _ = run_cli(capsys, "status", "--run", created, "--stage", "prepare")
     assert code == 0
     row = next(line for line in out.splitlines() if line.startswith("prepare "))

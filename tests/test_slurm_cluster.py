@@ -4,6 +4,7 @@ faults (scancel, SIGKILL, the pre-timeout signal), retries, dependencies, the ch
 Every run uses the same small tiny-preset sampling problem, so stores can be compared with the
 reference run's, bit for bit.
 """
+import datetime
 import os
 import re
 import shutil
@@ -84,7 +85,9 @@ def test_array_with_throttle_finishes(reference):
     # the throttle held: never more than 2 tasks at once (start from the log's first line, end = last write)
     spans = []
     for path in logs:
-        start = float(re.search(r"start (\d+\.\d+)", path.read_text()).group(1))
+        # the start is a readable UTC time (it was a raw epoch): 2026-12-03T12:40:01.123Z
+        stamp = re.search(r"start (\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3})Z", path.read_text()).group(1)
+        start = datetime.datetime.fromisoformat(stamp).replace(tzinfo=datetime.timezone.utc).timestamp()
         spans.append((start, path.stat().st_mtime))
     events = sorted([(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans])
     running = peak = 0
