@@ -46,6 +46,7 @@ RUN_DIR = Path("/run/fyp-slurm")
 SPOOL = Path("/var/spool/fyp-slurm")
 CLUSTER_NAME = "fyplocal"
 PARTITION = "debug"
+PARKED = "parked"
 FAKE_GPUS = 4
 # The node offers more CPUs than this 2-core machine has so that throttles (%N) and concurrent
 # arrays are observable; the tasks in tests are tiny. `config_overrides` lets slurmd accept it.
@@ -184,6 +185,8 @@ AccountingStorageTRES=gres/gpu
 JobCompType=jobcomp/none
 {node_lines}
 PartitionName={PARTITION} Nodes=ALL Default=YES MaxTime=INFINITE State=UP
+# accepts jobs and never starts them: tests of what is queued (status, refusals, job shapes)
+PartitionName={PARKED} Nodes=ALL Default=NO MaxTime=INFINITE State=DOWN
 """
     gres_conf = "".join(f"NodeName={n} Name=gpu File={RUN_DIR}/gpu[0-{FAKE_GPUS - 1}]\n" for n in names)
     cgroup_conf = "CgroupPlugin=cgroup/v1\nIgnoreSystemd=yes\n"

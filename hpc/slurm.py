@@ -32,6 +32,8 @@ class JobState:
     state: str  # first word of Slurm's state, e.g. CANCELLED (not "CANCELLED by 0")
     reason: str = ""
     exit_code: str = ""
+    nodes: str = ""  # the node list of the (last) attempt
+    node_fail: tuple = ()  # (node list, start) of an attempt that ended NODE_FAIL (the job was then requeued)
 
     @property
     def ended(self) -> bool:
@@ -85,7 +87,9 @@ def query(job_ids: list[str]) -> dict[str, JobState]:
     ids = sorted({str(j).split("_")[0] for j in job_ids if j})
     if not ids:
         return {}
-    out = _call(["sacct", "-X", "-n", "-P", "-j", ",".join(ids), "-o", "JobID,State,Reason,ExitCode"])
+    # -D: every attempt of a requeued job, oldest first: the last is the job's state, an earlier NODE_FAIL
+    # is kept so that status can say which node took the job down
+    out = _call(["sacct", "-X", "-D", "-n", "-P", "-j", ",".join(ids), "-o", "JobID,State,Reason,ExitCode,NodeList,Start"])
     states: dict[str, JobState] = {}
     if out.returncode == 0 and "accounting storage is disabled" not in (out.stderr + out.stdout).lower():
         for line in out.stdout.splitlines():
@@ -93,10 +97,29 @@ def query(job_ids: list[str]) -> dict[str, JobState]:
             if len(parts) < 4:
                 continue
             job, state, reason, code = parts[:4]
+            nodes, start = (parts[4], parts[5]) if len(parts) >= 6 else ("", "")
+            state = state.split()[0] if state else "UNKNOWN"
             for key in _expand(job):
-                states[key] = JobState(state.split()[0] if state else "UNKNOWN", reason, code)
+                before = states.get(key)
+                failed = (nodes, start) if state == "NODE_FAIL" else (before.node_fail if before else ())
+                states[key] = JobState(state, reason, code, nodes, failed)
         return states
     return squeue(ids)
+
+
+def down_nodes(nodes: str, since: str) -> list[str]:
+    """Nodes of `nodes` that went down at or after `since` (a sacct time), with the reason, from the
+    accounting's node events: ['node2 (Not responding)']. [] where accounting has none."""
+    if not nodes or nodes in ("None", "None assigned"):
+        return []
+    out = _call(["sacctmgr", "-n", "-P", "show", "event", f"nodes={nodes}", f"start={since}",
+                 "format=NodeName,TimeStart,State,Reason"])
+    found = []
+    for line in out.stdout.splitlines():
+        parts = line.split("|")
+        if len(parts) >= 4 and parts[0] and "DOWN" in parts[2].upper() and parts[0] not in [f.split()[0] for f in found]:
+            found.append(f"{parts[0]} ({parts[3] or parts[2]})")
+    return found
 
 
 def squeue(ids: list[str]) -> dict[str, JobState]:

@@ -112,6 +112,17 @@ def _root_failure(parents: list[str], states: dict[str, slurm.JobState], entries
     return ""
 
 
+def _node_fail(state: slurm.JobState) -> str:
+    """Which node of a NODE_FAIL attempt went down (the accounting's node events), and why."""
+    nodes, start = state.node_fail or (state.nodes, "")
+    try:
+        down = slurm.down_nodes(nodes, start or "now-1day")
+    except slurm.SlurmError:
+        down = []
+    return (f"node {', '.join(down)} went down" if down else f"a node of {nodes or '?'} went down") + \
+        f" (the job ran on {nodes or '?'})"
+
+
 def _nonfinite(run: Run, stage: str, variant: str | None, records: dict[int, dict]) -> int | None:
     """Non-finite values of a stage (variant): the finalisation's count over the whole store (the score
     stage writes `{done,total,nonfinite}` into `scores/<reward>` attrs) once there, else the sum of the
@@ -166,8 +177,12 @@ def stage_status(run: Run, stage: Stage, variant: str | None, opts: dict, entrie
             status.state = "done"
         elif job_state is not None and job_state.state in slurm.QUEUED:
             status.state = "queued"
+            if job_state.node_fail:
+                status.error = f"requeued after NODE_FAIL: {_node_fail(job_state)}"
         elif job_state is not None and job_state.state in slurm.RUNNING:
             status.state = "running"
+            if job_state.node_fail:
+                status.error = f"running again after NODE_FAIL: {_node_fail(job_state)}"
         elif job_state is not None and job_state.state in slurm.CANCELLED:
             status.state = "cancelled"
             status.error = _why_cancelled(job_state, sub.get("depends", []), states, entries)
@@ -178,6 +193,8 @@ def stage_status(run: Run, stage: Stage, variant: str | None, opts: dict, entrie
             error = record.get("error") if record.get("state") == "failed" and record_newer else ""
             status.error = error or (f"Slurm {job_state.state} (exit {job_state.exit_code}); last log line: "
                                      f"{_last_line(status.log) or '(empty)'}")
+            if job_state.state == "NODE_FAIL" or job_state.node_fail:
+                status.error = f"Slurm NODE_FAIL: {_node_fail(job_state)}; " + status.error
         elif record and (record_newer or not sub):
             status.state = {"failed": "failed", "running": "running", "requeued": "queued"}.get(record["state"], "pending")
             status.error = record.get("error", "") if status.state == "failed" else ""
@@ -280,6 +297,9 @@ def render(run_dir: Path | str, statuses: list[StageStatus], details: bool = Fal
         lines.append(f"{st.label:24s} {samples:>11s} {t['pending']:>8d} {t['queued']:>7d} {t['running']:>8d} "
                      f"{t['done']:>5d} {t['failed']:>7d} {t['cancelled']:>9d} {t['unknown']:>7d}  "
                      f"{st.finalize or '-'}{nan}")
+        for s in st.shards:
+            if s.state in ("queued", "running") and s.error:
+                problems.append(f"  {st.label} shard {s.shard} {s.state.upper()} (job {s.job or '-'}): {s.error}")
         for state, error, shards in _problem_groups(st):
             if details or len(shards) == 1:
                 for s in shards:
@@ -292,7 +312,7 @@ def render(run_dir: Path | str, statuses: list[StageStatus], details: bool = Fal
         if st.finalize in ("failed", "cancelled"):
             problems.append(f"  {st.label} finalize {st.finalize.upper()}: {st.finalize_note}")
     if problems:
-        lines.append("failed or cancelled:")
+        lines.append("failed, cancelled or requeued:")
         if not details and len(problems) > MAX_PROBLEM_LINES:
             rest = len(problems) - MAX_PROBLEM_LINES
             problems = problems[:MAX_PROBLEM_LINES] + [f"  ... {rest} more (status --details lists every shard)"]

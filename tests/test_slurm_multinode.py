@@ -123,3 +123,36 @@ def test_two_nodes_two_tasks_each_match_one_process(toy, tmp_path):
     log = next((run / "logs/train").glob("shard-00000.job-*.attempt-0.log")).read_text()
     assert "train: 4 processes: srun" in log and "over 4 process(es)" in log, log[-3000:]
     np.testing.assert_allclose(_losses(run), _losses(single), rtol=1e-4, atol=1e-5)
+
+
+def test_a_node_whose_slurmd_dies_takes_the_job_down_and_status_names_it(cluster, tmp_path):
+    """A 2-node task holds (FYP_SAMPLE_HOLD) on its batch node; the OTHER node's slurmd is SIGKILLed.
+    slurmctld declares that node down (SlurmdTimeout) and ends the job NODE_FAIL; with --requeue it is
+    queued again. `status` says which node went down and why. The node is brought back after."""
+    config = cluster_config(tmp_path, "two-node-sample", "  sample: {nodes: 2}\n")
+    run = tmp_path / "nodefail"
+    cli("prepare", "--run", run, "--preset", "tiny", "--samples", "2", "--shards", "1", "--set", "data.resolution=32",
+        "--set", "sampling.candidates=2")  # here: only the sample task goes to the cluster
+    cli("sample", "--run", run, "--cluster", config, env=dict(os.environ, FYP_SAMPLE_HOLD="images:1"))
+    job = next(str(e["job_id"]) for e in ledger.read(run) if e["stage"] == "sample" and e["kind"] == "tasks")
+    try:
+        _wait_until(lambda: (run / ".sample-hold").exists(), 600, "the task to reach its hold point")
+        log = next((run / "logs/sample").glob("shard-00000.job-*.attempt-0.log")).read_text()
+        batch_node = re.search(r" on (node\d), attempt", log).group(1)
+        victim = "node2" if batch_node == "node1" else "node1"
+        os.kill(local_slurm.pid_of(local_slurm.slurmd(victim)), signal.SIGKILL)
+
+        def reported():
+            report = cli("status", "--run", run, "--stage", "sample").stdout
+            return "NODE_FAIL" in report and report
+
+        _wait_until(reported, 300, "slurmctld to declare the node down and status to report it")
+        report = reported()
+        assert f"node {victim} (Not responding) went down (the job ran on node[1-2])" in report, report
+        row = next(line for line in report.splitlines() if line.startswith("sample "))
+        # requeued (the task script asks for --requeue) or failed: never running, never done
+        assert row.split()[3] == "1" or row.split()[6] == "1", report
+    finally:
+        subprocess.run(["scancel", job], check=False)
+        local_slurm.start(verbose=False)  # the node comes back (ReturnToService=2 / RESUME)
+    assert local_slurm.is_up()
