@@ -446,7 +446,8 @@ def _start_slurmd(node: str) -> None:
 def _slurmd_pidfiles() -> list[Daemon]:
     """Every slurmd this module may have started (also of nodes no longer configured)."""
     found = {p.stem[len("slurmd-"):] for p in RUN_DIR.glob("slurmd-*.pid")}
-    return [slurmd(n) for n in sorted(found | set(configured_nodes()))]
+    legacy = Daemon("slurmd", RUN_DIR / "slurmd.pid", LOG_DIR / "slurmd.log")  # the one-node cluster's, before
+    return [slurmd(n) for n in sorted(found | set(configured_nodes()))] + [legacy]
 
 
 def start(verbose: bool = True, nodes: int = NODES) -> float:
