@@ -180,13 +180,17 @@ def test_child_of_failed_parent_is_cancelled_and_status_says_why(cluster, tmp_pa
     # moment after --wait returns, and "CANCELLED" and its reason can only come from sacct.
     jobs = [str(e["job_id"]) for e in ledger.read(run) if e["stage"] == "sample" and e["kind"] == "tasks"]
     _wait_until(lambda: f"{jobs[-1]}_1" in slurm.query(jobs), 30, "slurmdbd to record the cancelled sample task")
-    report = cli("status", "--run", run).stdout
+    report = cli("status", "--run", run, "--details").stdout
     assert re.search(r"prepare shard 0 FAILED \(job \d+_0\): \w+", report), report
     assert "prepare finalize CANCELLED: cancelled by Slurm: a job it depends on (afterok:" in report
     assert re.search(r"sample shard 1 CANCELLED \(job \d+_1\): cancelled by Slurm: a job it depends on "
                      r"\(afterok:\d+\) failed or was cancelled; root: prepare shard \d FAILED \(job \d+_\d\)", report), report
     # every stage down the chain names the same root: the prepare task that failed
     assert re.search(r"score/\S+ finalize CANCELLED: .*; root: prepare shard \d FAILED", report), report
+    # without --details: shards that ended the same way are one line
+    summary = cli("status", "--run", run).stdout
+    assert re.search(r"sample shards 0-1 CANCELLED \(2 tasks of job \d+\): cancelled by Slurm: .*; root: prepare "
+                     r"shard \d FAILED", summary), summary
 
 
 @pytest.fixture(scope="module")

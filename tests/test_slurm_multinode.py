@@ -22,7 +22,7 @@ pytestmark = [pytest.mark.slurm, pytest.mark.timeout(1500), pytest.mark.flaky(re
 ROOT = Path(__file__).resolve().parent.parent
 LOCAL = (ROOT / "cluster_configs" / "slurm-local.yaml").read_text()
 PAIRS = "brightness"
-STEPS = 3
+STEPS = 2
 # ZeRO-3, full fine-tuning; a global batch of 4 pairs: 1 process x 4, or 2 nodes x 2 tasks x 1
 TRAIN = {"zero_stage": 3, "lr": 1e-3, "beta": 500, "warmup_steps": 0, "checkpoint_every": 0, "steps": STEPS,
          "export": False, "pairs": PAIRS}
@@ -92,7 +92,7 @@ def toy(cluster, tmp_path_factory):
     """A toy run with brightness pairs, and its losses trained by ONE process with 4 pairs a step."""
     base = tmp_path_factory.mktemp("multinode") / "base"
     code = ("import sys; from fyp.dpo.toy import make_toy_run; "
-            f"make_toy_run(sys.argv[1], {{'data': {{'samples': 8}}, 'train': {TRAIN!r}}}, pairs={PAIRS!r})")
+            f"make_toy_run(sys.argv[1], {{'data': {{'samples': 4}}, 'train': {TRAIN!r}}}, pairs={PAIRS!r})")
     subprocess.run([sys.executable, "-c", code, str(base)], check=True, timeout=600)
     single = base.parent / "single"
     shutil.copytree(base, single)
