@@ -1,6 +1,6 @@
 # The two commands of the README:
 #   make quickstart   set up, then run the whole chain on the embedded default (tiny preset, no Slurm)
-#   make test         set up, start the local Slurm cluster, run the tests (what CI runs)
+#   make test         set up, start the local two-node Slurm cluster, run the tests (what CI runs)
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -34,7 +34,7 @@ slurm-stop:
 	$(BIN)/python -m hpc.local_slurm stop
 
 # The test suite needs: the legacy reward venvs (cross-checks), Chromium (report and study pages) and
-# the local Slurm cluster (array jobs, faults, requeue). Each step is idempotent.
+# the local two-node Slurm cluster (array jobs, faults, requeue, multi-node training). Each step is idempotent.
 test: setup legacy browser slurm-start
 	$(BIN)/python -m pytest -q
 

@@ -45,7 +45,8 @@ class Resources:
     time: SlurmTime = "01:00:00"  # Slurm syntax: MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS
     nodes: Annotated[int, Range(ge=1)] = 1
     gpus_per_node: Annotated[int, Range(ge=0)] = 0
-    cpus_per_task: Annotated[int, Range(ge=1)] = 1
+    cpus_per_task: Annotated[int, Range(ge=1)] = 1  # per process: train on several GPUs runs one process (task) per GPU
+    cpus_per_node: Annotated[int, Range(ge=0)] = 0  # the nodes' CPUs (0 = not said): a task's shape is checked against it before sbatch
     mem: SlurmMem | None = None  # e.g. 16G, 4000M; None = the cluster's DefMemPerCPU
     constraint: Text | None = None
     setup: ShellLines = ()  # shell lines run before the task: module loads, venv activation
@@ -67,7 +68,10 @@ def _variant_sections() -> dict[str, str]:
     return VARIANT_RESOURCES
 
 
-TOP_KEYS = ["executor", "max_array_size", "stages", *_variant_sections(), "description"] + RESOURCE_KEYS
+TOP_KEYS = ["executor", "max_array_size", "stages", *_variant_sections(), "finalize", "description"] + RESOURCE_KEYS
+# A stage's finalisation (consolidate, write a marker) runs once on one CPU: it does not get the stage's
+# GPUs, nodes or memory (train's 256G); partition/account/qos are the top level's; `finalize:` overrides.
+FINALIZE_SHAPE = dict(nodes=1, gpus_per_node=0, cpus_per_task=1, mem="4G", time="00:30:00", constraint=None)
 EXECUTORS = get_args(Executor)
 
 
@@ -80,6 +84,13 @@ class ClusterConfig:
     stages: dict = field(default_factory=dict)  # stage -> Resources
     variants: dict = field(default_factory=dict)  # stage -> {variant -> Resources} (e.g. the score stage's rewards)
     description: str = ""
+    finalize: dict = field(default_factory=dict)  # resource keys the finalisation jobs override
+
+    def finalize_resources(self, stage: str, variant: str | None = None) -> Resources:
+        """The small CPU shape of a stage's finalisation job (its setup and interpreter are the stage's)."""
+        res = self.resources(stage, variant)
+        top = {k: getattr(self.base, k) for k in ("partition", "account", "qos")}
+        return dataclasses.replace(res, **{**FINALIZE_SHAPE, **top, **self.finalize})
 
     def resources(self, stage: str, variant: str | None = None) -> Resources:
         res = self.stages.get(stage, self.base)
@@ -152,7 +163,20 @@ def from_dict(raw: dict, name: str = "<inline>", stage_names: list[str] | None =
         for variant, over in (raw.get(section) or {}).items():
             variants.setdefault(stage, {})[str(variant)] = _resources(
                 over or {}, parent, f"cluster config {name}, {section}.{variant}")
-    return ClusterConfig(name, executor, base, max_array, stages, variants, str(raw.get("description", "")))
+    over = raw.get("finalize") or {}
+    shape = _resources(over, base, f"cluster config {name}, finalize")
+    finalize = {k: getattr(shape, k) for k in over}
+    return ClusterConfig(name, executor, base, max_array, stages, variants, str(raw.get("description", "")), finalize)
+
+
+def check_shape(cluster: "ClusterConfig", stage: str, res: Resources, tasks_per_node: int) -> None:
+    """Refuse, before sbatch, a task that cannot fit a node: Slurm would refuse it (or pend it forever)."""
+    cpus = tasks_per_node * res.cpus_per_task
+    if res.cpus_per_node and cpus > res.cpus_per_node:
+        raise ClusterConfigError(
+            f"cluster config {cluster.name}, stages.{stage}: {tasks_per_node} task(s) per node x cpus_per_task "
+            f"{res.cpus_per_task} = {cpus} CPUs, more than a node's cpus_per_node {res.cpus_per_node}; cpus_per_task "
+            f"is per process (one per GPU): set it to at most {max(1, res.cpus_per_node // tasks_per_node)}")
 
 
 def load(name_or_path: str) -> ClusterConfig:

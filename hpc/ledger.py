@@ -23,7 +23,7 @@ def append(run_dir: Path | str, **entry) -> dict:
     target = path(run_dir)
     target.parent.mkdir(parents=True, exist_ok=True)
     with open(target, "a") as handle:  # O_APPEND: one short line is written whole
-        handle.write(json.dumps(entry) + "\n")
+        handle.write(json.dumps(entry, default=str) + "\n")  # stage options may hold paths
         handle.flush()
         os.fsync(handle.fileno())
     return entry

@@ -65,7 +65,7 @@ def _start(task: LocalTask, run_dir: Path, res: Resources) -> None:
     task.started = time.time()
     task.state = "running"
     ledger.append(run_dir, kind="local", stage=task.stage, variant=task.variant, shard=task.shard,
-                  job_id=str(task.job.job_id), log=str(task.log))
+                  job_id=str(task.job.job_id), log=str(task.log), opts=task.opts)
 
 
 def _collect(task: LocalTask, run: Run) -> None:

@@ -52,6 +52,7 @@ def tasks_per_node(stage: str, res: Resources) -> int:
 
 def _sbatch_lines(res: Resources, job_name: str, output: str, chdir: Path | None, finalize: bool,
                   tasks_per_node: int = 1) -> list[str]:
+    """`finalize`: `res` is already the finalisation's small shape (ClusterConfig.finalize_resources)."""
     opts: list[tuple[str, object]] = [("job-name", job_name)]
     if chdir is not None:
         opts.append(("chdir", chdir))
@@ -59,15 +60,15 @@ def _sbatch_lines(res: Resources, job_name: str, output: str, chdir: Path | None
     for key in ("partition", "account", "qos"):
         if getattr(res, key):
             opts.append((key, getattr(res, key)))
-    opts.append(("time", res.time if not finalize else "00:30:00"))
-    opts.append(("nodes", res.nodes if not finalize else 1))
+    opts.append(("time", res.time))
+    opts.append(("nodes", res.nodes))
     opts.append(("ntasks-per-node", tasks_per_node))
-    opts.append(("cpus-per-task", res.cpus_per_task if not finalize else 1))
-    if res.gpus_per_node and not finalize:
+    opts.append(("cpus-per-task", res.cpus_per_task))
+    if res.gpus_per_node:
         opts.append(("gpus-per-node", res.gpus_per_node))
     if res.mem:
         opts.append(("mem", res.mem))
-    if res.constraint and not finalize:
+    if res.constraint:
         opts.append(("constraint", res.constraint))
     if not finalize:
         # USR2 to the batch shell (exec'd into python) before the time limit: checkpoint + requeue
@@ -123,7 +124,7 @@ def task_script(stage: str, variant, res: Resources, run_dir: Path | None, pytho
         'LOG="$LOG_DIR/shard-$(printf %05d "$SHARD").job-${SLURM_ARRAY_JOB_ID:-$SLURM_JOB_ID}_${SLURM_ARRAY_TASK_ID:-0}'
         '.attempt-${SLURM_RESTART_COUNT:-0}.log"',
         'exec >>"$LOG" 2>&1',
-        'echo "[hpc] $STAGE${VARIANT:+/$VARIANT} shard $SHARD: job ${SLURM_JOB_ID:-?} on $(hostname), attempt ${SLURM_RESTART_COUNT:-0}, pid $$, start $(date +%s.%N)"',
+        'echo "[hpc] $STAGE${VARIANT:+/$VARIANT} shard $SHARD: job ${SLURM_JOB_ID:-?} on $(hostname), attempt ${SLURM_RESTART_COUNT:-0}, pid $$, start $(date -u +%Y-%m-%dT%H:%M:%S.%3NZ)"',
         *_setup(res),
         *(_launch_srun(stage) if multi_process(stage, res) else
           ['exec "$PYTHON" -m hpc.task "$STAGE" --run "$RUN" --shard "$SHARD" ${VARIANT:+--variant "$VARIANT"} "$@"']),
@@ -145,9 +146,10 @@ def _launch_srun(stage: str) -> list[str]:
 
 
 def finalize_script(stage: str, variant, res: Resources, run_dir: Path | None, python=None) -> Script:
+    """`res`: the finalisation's own shape (ClusterConfig.finalize_resources), not the stage's."""
     template = run_dir is None
     name, output = ("fyp-finalize", "logs/finalize.%j.sbatch.log") if template else (
-        f"fyp-{stage}-finalize", f"{log_dir_rel(stage, None)}/finalize.%j.sbatch.log")
+        f"fyp-{stage}-finalize" + (f"-{variant}" if variant else ""), f"{log_dir_rel(stage, None)}/finalize.%j.sbatch.log")
     header = _sbatch_lines(res, name, output, run_dir, finalize=True)
     lines = [
         "#!/bin/bash",

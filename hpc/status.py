@@ -78,11 +78,49 @@ def _parent_failed(parents: list[str], states: dict[str, slurm.JobState]) -> boo
     return False
 
 
-def _why_cancelled(state: slurm.JobState, parents: list[str], states: dict[str, slurm.JobState]) -> str:
+def _why_cancelled(state: slurm.JobState, parents: list[str], states: dict[str, slurm.JobState],
+                   entries: list[dict] | None = None) -> str:
     # sacct's Reason says "Dependency" for plain jobs but often "None" for array tasks: check the parents
     if "Dependency" in state.reason or _parent_failed(parents, states):
-        return f"cancelled by Slurm: a job it depends on (afterok:{':'.join(parents) or '?'}) failed or was cancelled"
+        root = _root_failure(parents, states, entries or [])
+        return (f"cancelled by Slurm: a job it depends on (afterok:{':'.join(parents) or '?'}) failed or was cancelled"
+                + (f"; root: {root}" if root else ""))
     return f"cancelled ({state.state}{', ' + state.reason if state.reason and state.reason != 'None' else ''})"
+
+
+def _root_failure(parents: list[str], states: dict[str, slurm.JobState], entries: list[dict], depth: int = 0) -> str:
+    """The job at the bottom of a dependency cascade, named by its stage: 'prepare shard 0 FAILED (job 12_0)'.
+    Follows the ledger's `depends` through jobs that were themselves cancelled for a dependency."""
+    by_job = {str(e["job_id"]): e for e in entries if e["kind"] in ("tasks", "finalize")}
+    for parent in parents:
+        bad = sorted(((k, v) for k, v in states.items()
+                      if (k == parent or k.startswith(parent + "_")) and v.ended and v.state != "COMPLETED"),
+                     key=lambda kv: (kv[1].state in slurm.CANCELLED, kv[0]))
+        if not bad:
+            continue
+        key, job_state = bad[0]
+        entry = by_job.get(parent, {})
+        label = entry.get("stage", "?") + (f"/{entry['variant']}" if entry.get("variant") else "")
+        if job_state.state in slurm.CANCELLED and entry.get("depends") and depth < 20:
+            deeper = _root_failure(entry["depends"], states, entries, depth + 1)
+            if deeper:
+                return deeper
+        if entry.get("kind") == "tasks" and "_" in key:
+            index = int(key.split("_")[1])
+            return f"{label} shard {entry.get('offset', 0) + index} {job_state.state} (job {key})"
+        return f"{label} {'finalize ' if entry.get('kind') == 'finalize' else ''}{job_state.state} (job {key})"
+    return ""
+
+
+def _node_fail(state: slurm.JobState) -> str:
+    """Which node of a NODE_FAIL attempt went down (the accounting's node events), and why."""
+    nodes, start = state.node_fail or (state.nodes, "")
+    try:
+        down = slurm.down_nodes(nodes, start or "now-1day")
+    except slurm.SlurmError:
+        down = []
+    return (f"node {', '.join(down)} went down" if down else f"a node of {nodes or '?'} went down") + \
+        f" (the job ran on {nodes or '?'})"
 
 
 def _nonfinite(run: Run, stage: Stage, variant: str | None, records: dict[int, dict]) -> int | None:
@@ -138,11 +176,15 @@ def stage_status(run: Run, stage: Stage, variant: str | None, opts: dict, entrie
             status.state = "done"
         elif job_state is not None and job_state.state in slurm.QUEUED:
             status.state = "queued"
+            if job_state.node_fail:
+                status.error = f"requeued after NODE_FAIL: {_node_fail(job_state)}"
         elif job_state is not None and job_state.state in slurm.RUNNING:
             status.state = "running"
+            if job_state.node_fail:
+                status.error = f"running again after NODE_FAIL: {_node_fail(job_state)}"
         elif job_state is not None and job_state.state in slurm.CANCELLED:
             status.state = "cancelled"
-            status.error = _why_cancelled(job_state, sub.get("depends", []), states)
+            status.error = _why_cancelled(job_state, sub.get("depends", []), states, entries)
             if record.get("state") in ("failed", "running") and record_newer:
                 status.error += f"; last log line: {_last_line(status.log) or '(empty)'}"
         elif job_state is not None and job_state.state in slurm.FAILED | slurm.DONE:
@@ -150,6 +192,8 @@ def stage_status(run: Run, stage: Stage, variant: str | None, opts: dict, entrie
             error = record.get("error") if record.get("state") == "failed" and record_newer else ""
             status.error = error or (f"Slurm {job_state.state} (exit {job_state.exit_code}); last log line: "
                                      f"{_last_line(status.log) or '(empty)'}")
+            if job_state.state == "NODE_FAIL" or job_state.node_fail:
+                status.error = f"Slurm NODE_FAIL: {_node_fail(job_state)}; " + status.error
         elif record and (record_newer or not sub):
             status.state = {"failed": "failed", "running": "running", "requeued": "queued"}.get(record["state"], "pending")
             status.error = record.get("error", "") if status.state == "failed" else ""
@@ -172,7 +216,7 @@ def stage_status(run: Run, stage: Stage, variant: str | None, opts: dict, entrie
             if state is None:
                 out.finalize = "unknown"  # submitted, no sacct row yet (as for shards above)
             elif state.state in slurm.CANCELLED:
-                out.finalize, out.finalize_note = "cancelled", _why_cancelled(state, fin[-1].get("depends", []), states)
+                out.finalize, out.finalize_note = "cancelled", _why_cancelled(state, fin[-1].get("depends", []), states, entries)
             elif state.state in slurm.QUEUED:
                 out.finalize = "queued"
             elif state.state in slurm.RUNNING:
@@ -181,6 +225,16 @@ def stage_status(run: Run, stage: Stage, variant: str | None, opts: dict, entrie
                 out.finalize = "failed"
                 out.finalize_note = f"Slurm {state.state}; log: {ledger.log_dir(run.dir, stage.name, variant)}/finalize.job-{fin[-1]['job_id']}.attempt-0.log"
     return out
+
+
+def submitted_opts(entries: list[dict], stage: Stage) -> dict:
+    """The stage's options as last submitted (the ledger records them), over the defaults: status judges a
+    stage by what was asked of it (`train --steps 200` is 200 steps, not the config's)."""
+    opts = option_defaults(stage.options)
+    for entry in entries:
+        if entry.get("stage") == stage.name and isinstance(entry.get("opts"), dict):
+            opts.update({k: v for k, v in entry["opts"].items() if k in opts})
+    return opts
 
 
 def collect(run_dir: Path | str, stage_names: list[str] | None = None, opts: dict | None = None) -> list[StageStatus]:
@@ -192,18 +246,42 @@ def collect(run_dir: Path | str, stage_names: list[str] | None = None, opts: dic
     out = []
     for name in names:
         stage = get_stage(name)
-        stage_opts = option_defaults(stage.options)
+        stage_opts = submitted_opts(entries, stage)
         stage_opts.update(opts or {})
         try:
-            variants = stage.variants(run, stage_opts)
+            variants = list(stage.variants(run, stage_opts))
         except Exception:  # noqa: BLE001
             variants = [None]
+        # a variant that was submitted (and perhaps cancelled before it wrote anything) is shown too
+        for entry in entries:
+            if entry.get("stage") == name and entry.get("variant") not in variants:
+                variants.append(entry.get("variant"))
         for variant in variants:
             out.append(stage_status(run, stage, variant, stage_opts, entries, states))
     return out
 
 
-def render(run_dir: Path | str, statuses: list[StageStatus]) -> str:
+def _problem_groups(st: StageStatus) -> list[tuple[str, str, list[ShardStatus]]]:
+    """Failed/cancelled shards grouped by (state, error), in shard order of each group's first shard."""
+    groups: dict[tuple[str, str], list[ShardStatus]] = {}
+    for s in st.shards:
+        if s.state in ("failed", "cancelled"):
+            groups.setdefault((s.state, s.error or "?"), []).append(s)
+    return [(state, error, shards) for (state, error), shards in groups.items()]
+
+
+def _log_note(path: str) -> str:
+    return path if path and Path(path).exists() else "- (no log: the task never started)"
+
+
+MAX_PROBLEM_LINES = 20
+
+
+def render(run_dir: Path | str, statuses: list[StageStatus], details: bool = False) -> str:
+    """The table, then the failed or cancelled shards: one line per group of shards that ended the same
+    way (ranges of shards), or with `details` one per shard with its log."""
+    from .arrayspec import format_indices
+
     run = Run.open(run_dir)
     cfg = run.config
     lines = [f"run {run_dir}: preset {cfg.preset}, {cfg.shards} shards",
@@ -219,12 +297,23 @@ def render(run_dir: Path | str, statuses: list[StageStatus]) -> str:
                      f"{t['done']:>5d} {t['failed']:>7d} {t['cancelled']:>9d} {t['unknown']:>7d}  "
                      f"{st.finalize or '-'}{nan}")
         for s in st.shards:
-            if s.state in ("failed", "cancelled"):
-                problems.append(f"  {st.label} shard {s.shard} {s.state.upper()} (job {s.job or '-'}): {s.error or '?'}\n"
-                                f"      log: {s.log or '-'}")
+            if s.state in ("queued", "running") and s.error:
+                problems.append(f"  {st.label} shard {s.shard} {s.state.upper()} (job {s.job or '-'}): {s.error}")
+        for state, error, shards in _problem_groups(st):
+            if details or len(shards) == 1:
+                for s in shards:
+                    problems.append(f"  {st.label} shard {s.shard} {s.state.upper()} (job {s.job or '-'}): {s.error or '?'}\n"
+                                    f"      log: {_log_note(s.log)}")
+            else:
+                jobs = sorted({s.job.split("_")[0] for s in shards if s.job})
+                problems.append(f"  {st.label} shards {format_indices([s.shard for s in shards])} {state.upper()} "
+                                f"({len(shards)} tasks of job {', '.join(jobs) or '-'}): {error}")
         if st.finalize in ("failed", "cancelled"):
             problems.append(f"  {st.label} finalize {st.finalize.upper()}: {st.finalize_note}")
     if problems:
-        lines.append("failed or cancelled:")
+        lines.append("failed, cancelled or requeued:")
+        if not details and len(problems) > MAX_PROBLEM_LINES:
+            rest = len(problems) - MAX_PROBLEM_LINES
+            problems = problems[:MAX_PROBLEM_LINES] + [f"  ... {rest} more (status --details lists every shard)"]
         lines.extend(problems)
     return "\n".join(lines)

@@ -82,6 +82,7 @@ class VariantPlan:
     todo: list[int]  # shards to run now
     covers_rest: bool  # after these, no shard is left pending: finalisation may follow
     finalized: bool
+    active: set = field(default_factory=set)  # shards already queued or running (not submitted again)
 
 
 @dataclass
@@ -142,7 +143,7 @@ class Submitter:
                      f"already queued or running (or not in sacct yet); not submitted again")
             covers = pending <= set(todo)
             finalized = (not self.in_memory) and ledger.finalized_marker(self.run.dir, stage.name, variant).exists()
-            plans.append(VariantPlan(variant, todo, covers, finalized))
+            plans.append(VariantPlan(variant, todo, covers, finalized, active))
         return plans
 
     # -- one stage --------------------------------------------------------------------------------
@@ -150,6 +151,9 @@ class Submitter:
         plans = self.plan(stage, opts, spec, retry_failed)
         result = StageResult(stage.name)
         work = [p for p in plans if p.todo or (p.covers_rest and not p.finalized and not retry_failed)]
+        if not work and any(p.active for p in plans):
+            result.nothing = True  # the plan said which shards are queued or running: nothing more to say
+            return result
         if not work:
             result.nothing = True
             try:
@@ -161,7 +165,7 @@ class Submitter:
             echo(f"{stage.name}: nothing to do, {reason}{progress}")
             return result
         if self.slurm:
-            return self._submit_slurm(stage, opts, spec, work, list(depends), result)
+            return self._submit_slurm(stage, opts, spec, work, list(depends), result, retry_failed)
         return self._run_local(stage, opts, spec, work, result)
 
     def _job_id(self, cmd: list[str], label: str) -> str:
@@ -174,15 +178,26 @@ class Submitter:
         self.submitted.append(job)
         return job
 
-    def _submit_slurm(self, stage, opts, spec, work, depends, result) -> StageResult:
+    def _previous_throttle(self, stage: str, variant) -> int | None:
+        """The %throttle of the last array this stage (variant) was submitted as: a retry keeps it."""
+        entries = [] if self.in_memory else ledger.read(self.run.dir)
+        arrays = [e.get("array") or "" for e in entries
+                  if e["kind"] == "tasks" and e["stage"] == stage and e.get("variant") == variant]
+        return int(arrays[-1].rsplit("%", 1)[1]) if arrays and "%" in arrays[-1] else None
+
+    def _submit_slurm(self, stage, opts, spec, work, depends, result, retry_failed=False) -> StageResult:
         argv = to_argv(stage, opts)
+        for plan in work:  # every shape is checked before anything is submitted
+            res = self.cluster.resources(stage.name, plan.variant)
+            clusters.check_shape(self.cluster, stage.name, res, render.tasks_per_node(stage.name, res))
         for plan in work:
             res = self.cluster.resources(stage.name, plan.variant)
             label = stage.name + (f"/{plan.variant}" if plan.variant else "")
             folder = ledger.log_dir(self.run.dir, stage.name, plan.variant)
             run_dir = self.run.dir.resolve()
             scripts = [render.task_script(stage.name, plan.variant, res, run_dir),
-                       render.finalize_script(stage.name, plan.variant, res, run_dir)]
+                       render.finalize_script(stage.name, plan.variant,
+                                              self.cluster.finalize_resources(stage.name, plan.variant), run_dir)]
             if self.dry_run:
                 for script in scripts:
                     echo(f"# ---- {folder / script.path_name}\n{script.text}")
@@ -191,7 +206,8 @@ class Submitter:
                 for script in scripts:
                     (folder / script.path_name).write_text(script.text)
             task_path, fin_path = (folder / s.path_name for s in scripts)
-            throttle = (spec.throttle if spec and spec.throttle else res.throttle) or None
+            throttle = (spec.throttle if spec and spec.throttle else None) or (
+                self._previous_throttle(stage.name, plan.variant) if retry_failed else None) or res.throttle or None
             chunk_jobs = []
             for offset, indices in arrayspec.split(plan.todo, self.cluster.max_array_size):
                 array = arrayspec.render(indices, throttle)
@@ -201,7 +217,7 @@ class Submitter:
                 if not self.dry_run:
                     ledger.append(self.run.dir, kind="tasks", stage=stage.name, variant=plan.variant, job_id=job,
                                   offset=offset, indices=indices, array=array, depends=depends,
-                                  cluster=self.cluster.name, script=str(task_path))
+                                  cluster=self.cluster.name, script=str(task_path), opts=opts)
             result.task_jobs += chunk_jobs
             shown = arrayspec.format_indices(plan.todo)
             if plan.covers_rest:
@@ -210,7 +226,7 @@ class Submitter:
                 result.finalize_jobs.append(job)
                 if not self.dry_run:
                     ledger.append(self.run.dir, kind="finalize", stage=stage.name, variant=plan.variant, job_id=job,
-                                  depends=parents, cluster=self.cluster.name, script=str(fin_path))
+                                  depends=parents, cluster=self.cluster.name, script=str(fin_path), opts=opts)
                 echo(f"{label}: submitted shards {shown or '-'} as {', '.join(chunk_jobs) or 'no tasks'}; "
                      f"finalize {job} (afterok)")
             else:
@@ -368,8 +384,9 @@ def cmd_status(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m hpc.submit status")
     parser.add_argument("--run", required=True)
     parser.add_argument("--stage", action="append", help="only these stages (repeatable)")
+    parser.add_argument("--details", action="store_true", help="one line per failed or cancelled shard, with its log")
     args = parser.parse_args(argv)
-    echo(status.render(args.run, status.collect(args.run, args.stage)))
+    echo(status.render(args.run, status.collect(args.run, args.stage), details=args.details))
     return 0
 
 

@@ -64,3 +64,31 @@ def test_unknown_cluster_lists_valid():
                                            ("1-00:30", 1470), ("0-00:00:30", 0.5)])
 def test_time_minutes(text, minutes):
     assert time_minutes(text) == pytest.approx(minutes)
+
+
+@pytest.mark.parametrize("name", ["a100-template", "h100-template", "slurm-local"])
+def test_templates_fit_their_nodes_and_finalize_small(name):
+    """Every stage's processes x cpus_per_task fit the nodes' cpus_per_node (the templates asked for 128 and
+    512 CPUs a node: one task per GPU, each with the node's CPUs); finalisation is 1 CPU, no GPU."""
+    from hpc import clusters, render
+    from fyp.stages import PIPELINE
+
+    cluster = clusters.load(name)
+    for stage in PIPELINE:
+        res = cluster.resources(stage)
+        assert res.cpus_per_node, (name, stage)
+        clusters.check_shape(cluster, stage, res, render.tasks_per_node(stage, res))
+        fin = cluster.finalize_resources(stage)
+        assert (fin.gpus_per_node, fin.cpus_per_task, fin.nodes, fin.mem) == (0, 1, 1, "4G")
+        assert fin.partition == cluster.base.partition
+
+
+def test_a_shape_that_cannot_fit_is_refused_with_what_to_set():
+    from hpc import clusters
+
+    cluster = clusters.from_dict({"executor": "slurm", "cpus_per_node": 32,
+                                  "stages": {"train": {"gpus_per_node": 4, "cpus_per_task": 32}}}, "mine")
+    with pytest.raises(clusters.ClusterConfigError, match=r"4 task\(s\) per node x cpus_per_task 32 = 128 CPUs.*at most 8"):
+        clusters.check_shape(cluster, "train", cluster.resources("train"), 4)
+    over = clusters.from_dict({"executor": "slurm", "finalize": {"mem": "16G"}}, "big-finalize")
+    assert over.finalize_resources("score").mem == "16G"

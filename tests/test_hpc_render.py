@@ -43,7 +43,7 @@ LOG_DIR="$RUN/logs/$STAGE${VARIANT:+/$VARIANT}"
 mkdir -p "$LOG_DIR"
 LOG="$LOG_DIR/shard-$(printf %05d "$SHARD").job-${SLURM_ARRAY_JOB_ID:-$SLURM_JOB_ID}_${SLURM_ARRAY_TASK_ID:-0}.attempt-${SLURM_RESTART_COUNT:-0}.log"
 exec >>"$LOG" 2>&1
-echo "[hpc] $STAGE${VARIANT:+/$VARIANT} shard $SHARD: job ${SLURM_JOB_ID:-?} on $(hostname), attempt ${SLURM_RESTART_COUNT:-0}, pid $$, start $(date +%s.%N)"
+echo "[hpc] $STAGE${VARIANT:+/$VARIANT} shard $SHARD: job ${SLURM_JOB_ID:-?} on $(hostname), attempt ${SLURM_RESTART_COUNT:-0}, pid $$, start $(date -u +%Y-%m-%dT%H:%M:%S.%3NZ)"
 module load cuda/12.4
 exec "$PYTHON" -m hpc.task "$STAGE" --run "$RUN" --shard "$SHARD" ${VARIANT:+--variant "$VARIANT"} "$@"
 """

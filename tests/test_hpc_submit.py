@@ -93,9 +93,11 @@ def test_status_reports_failures_with_error_and_log(capsys, created, monkeypatch
     run = Run.open(created)
     run.write_task_record("prepare", 0, "done", done=2)
     run.write_task_record("prepare", 1, "failed", error="ValueError: corrupt image at sample 3")
-    ledger.append(created, kind="local", stage="prepare", variant=None, shard=1, job_id="4242",
-                  log=str(created / "logs/prepare/shard-00001/4242_0_log.out"))
+    log = created / "logs/prepare/shard-00001/4242_0_log.out"
+    ledger.append(created, kind="local", stage="prepare", variant=None, shard=1, job_id="4242", log=str(log))
     run.write_task_record("prepare", 1, "failed", error="ValueError: corrupt image at sample 3")
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text("ValueError: corrupt image at sample 3\n")  # status names a log only where one exists
     code, out, _ = run_cli(capsys, "status", "--run", created, "--stage", "prepare")
     assert code == 0
     row = next(line for line in out.splitlines() if line.startswith("prepare "))
@@ -185,16 +187,20 @@ def test_sacct_array_ranges_expand():
 def test_local_cluster_config_has_what_made_it_work():
     from hpc import local_slurm
 
-    files = local_slurm.render_configs("node1", cpus=2, memory_mb=24000)
+    files = local_slurm.render_configs("vm", cpus=2, memory_mb=24000, nodes=2)
     conf = files[local_slurm.ETC / "slurm.conf"]
-    for line in ("SlurmctldHost=node1(127.0.0.1)", "ProctrackType=proctrack/linuxproc", "TaskPlugin=task/none",
+    for line in ("SlurmctldHost=vm(10.231.0.1)", "SlurmdPidFile=/run/fyp-slurm/slurmd-%n.pid", "ProctrackType=proctrack/linuxproc", "TaskPlugin=task/none",
                  "KillWait=5", "AuthInfo=cred_expire=10", "DependencyParameters=kill_invalid_depend",
                  "ReturnToService=2", "AccountingStorageType=accounting_storage/slurmdbd", "GresTypes=gpu",
                  "SelectType=select/cons_tres", "JobAcctGatherType=jobacct_gather/none"):
         assert line in conf.splitlines(), line
-    assert "NodeName=node1 NodeAddr=127.0.0.1 CPUs=4" in conf and "RealMemory=21600" in conf
+    # two nodes, each at its own address on the bridge's private subnet
+    assert "NodeName=node1 NodeAddr=10.231.0.11 NodeHostname=node1 CPUs=4" in conf and "RealMemory=21600" in conf
+    assert "NodeName=node2 NodeAddr=10.231.0.12 NodeHostname=node2 CPUs=4" in conf
     assert any(line.startswith("DefMemPerCPU=") for line in conf.splitlines())
-    assert files[local_slurm.ETC / "gres.conf"].strip() == "NodeName=node1 Name=gpu File=/run/fyp-slurm/gpu[0-3]"
+    assert files[local_slurm.ETC / "gres.conf"].splitlines() == [
+        f"NodeName=node{k} Name=gpu File=/run/fyp-slurm/gpu[0-3]" for k in (1, 2)]
+    assert local_slurm.hosts_file("vm", 2).splitlines()[1:] == ["10.231.0.1 vm", "10.231.0.11 node1", "10.231.0.12 node2"]
     assert "CgroupPlugin=cgroup/v1" in files[local_slurm.ETC / "cgroup.conf"]
     assert "StorageType=accounting_storage/mysql" in files[local_slurm.ETC / "slurmdbd.conf"]
 

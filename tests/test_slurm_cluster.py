@@ -4,6 +4,7 @@ faults (scancel, SIGKILL, the pre-timeout signal), retries, dependencies, the ch
 Every run uses the same small tiny-preset sampling problem, so stores can be compared with the
 reference run's, bit for bit.
 """
+import datetime
 import os
 import re
 import shutil
@@ -84,7 +85,9 @@ def test_array_with_throttle_finishes(reference):
     # the throttle held: never more than 2 tasks at once (start from the log's first line, end = last write)
     spans = []
     for path in logs:
-        start = float(re.search(r"start (\d+\.\d+)", path.read_text()).group(1))
+        # the start is a readable UTC time (it was a raw epoch): 2026-12-03T12:40:01.123Z
+        stamp = re.search(r"start (\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3})Z", path.read_text()).group(1)
+        start = datetime.datetime.fromisoformat(stamp).replace(tzinfo=datetime.timezone.utc).timestamp()
         spans.append((start, path.stat().st_mtime))
     events = sorted([(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans])
     running = peak = 0
@@ -177,11 +180,17 @@ def test_child_of_failed_parent_is_cancelled_and_status_says_why(cluster, tmp_pa
     # moment after --wait returns, and "CANCELLED" and its reason can only come from sacct.
     jobs = [str(e["job_id"]) for e in ledger.read(run) if e["stage"] == "sample" and e["kind"] == "tasks"]
     _wait_until(lambda: f"{jobs[-1]}_1" in slurm.query(jobs), 30, "slurmdbd to record the cancelled sample task")
-    report = cli("status", "--run", run).stdout
+    report = cli("status", "--run", run, "--details").stdout
     assert re.search(r"prepare shard 0 FAILED \(job \d+_0\): \w+", report), report
     assert "prepare finalize CANCELLED: cancelled by Slurm: a job it depends on (afterok:" in report
     assert re.search(r"sample shard 1 CANCELLED \(job \d+_1\): cancelled by Slurm: a job it depends on "
-                     r"\(afterok:\d+\) failed or was cancelled", report), report
+                     r"\(afterok:\d+\) failed or was cancelled; root: prepare shard \d FAILED \(job \d+_\d\)", report), report
+    # every stage down the chain names the same root: the prepare task that failed
+    assert re.search(r"score/\S+ finalize CANCELLED: .*; root: prepare shard \d FAILED", report), report
+    # without --details: shards that ended the same way are one line
+    summary = cli("status", "--run", run).stdout
+    assert re.search(r"sample shards 0-1 CANCELLED \(2 tasks of job \d+\): cancelled by Slurm: .*; root: prepare "
+                     r"shard \d FAILED", summary), summary
 
 
 @pytest.fixture(scope="module")
@@ -301,26 +310,29 @@ def test_chain_sh_submits_afterok_chain(cluster, tmp_path):
         subprocess.run(["scancel", *[j for pair in ids.values() for j in pair]], check=False)
 
 
-def test_training_on_two_gpus_srun_requeue_resume(cluster, tmp_path):
-    """train with 2 (fake) GPUs: one task per GPU under srun (gloo on CPU), rendezvous from the Slurm
-    environment; USR2 to the batch step reaches both processes, they checkpoint, the job requeues and
-    both resume from that checkpoint and finish, every step once."""
+def test_training_on_two_nodes_srun_requeue_resume(cluster, tmp_path):
+    """train on 2 nodes x 1 (fake) GPU: one task per GPU under srun, one on each node (network namespaces:
+    gloo over the bridge), rendezvous from the Slurm environment; USR2 to the batch step reaches both
+    processes (the one on the other node too), they checkpoint, the job requeues and both resume from that
+    checkpoint and finish, every step once."""
     run = tmp_path / "two"
-    config = tmp_path / "slurm-2gpu.yaml"
+    config = tmp_path / "slurm-2node.yaml"
     local = (Path(__file__).resolve().parent.parent / "cluster_configs" / "slurm-local.yaml").read_text()
-    config.write_text(local.replace("train: {gpus_per_node: 1}", "train: {gpus_per_node: 2}"))
-    assert "gpus_per_node: 2" in config.read_text()
+    config.write_text(local.replace("train: {gpus_per_node: 1}", "train: {nodes: 2, gpus_per_node: 1}"))
+    assert "nodes: 2, gpus_per_node: 1" in config.read_text()
     cli("prepare", "--run", run, "--preset", "toy", "--samples", "4", "--shards", "2", "--set", "pairs.method=ensemble",
         "--set", "train.pairs=ensemble", "--set", "train.checkpoint_every=0", "--set", "train.steps=60")
     for stage in ("sample", "score", "pairs"):
         cli(stage, "--run", run)  # on this machine: only train goes to the cluster
     metrics = run / "train" / "ensemble" / "metrics.csv"
     cli("train", "--run", run, "--cluster", config)
-    assert "#SBATCH --ntasks-per-node=2" in (run / "logs/train/train.sbatch").read_text()
+    script = (run / "logs/train/train.sbatch").read_text()
+    assert "#SBATCH --nodes=2" in script and "#SBATCH --ntasks-per-node=1" in script
     job = [e for e in ledger.read(run) if e["stage"] == "train" and e["kind"] == "tasks"][-1]["job_id"]
     _wait_until(lambda: metrics.exists() and len(metrics.read_text().splitlines()) - 1 >= 5, 600, "step 5")
     first, second = _preempt_training(run, job)
     assert "train: 2 processes: srun --kill-on-bad-exit=1" in first and "passing it on" in first
+    assert re.search(r"job \d+ on node1, attempt 0", first), first[:500]  # the batch step on node1, rank 1 on node2
     assert "Exited with exit code 75" in first and "requeued Slurm job" in first, first[-3000:]
     assert first.count("preempted: checkpointed at step") == 2, first[-3000:]  # both ranks stopped at one step
     resumed = re.findall(r"resumed \S+ at step (\d+)", second)

@@ -94,13 +94,41 @@ def test_slurm_rendezvous(monkeypatch):
     env = dict(SLURM_PROCID="3", SLURM_NTASKS="8", SLURM_LOCALID="3", SLURM_JOB_NODELIST="gpu[007-008,010]",
                SLURM_JOB_ID="12345")
     out = launch.distributed_env(env)
-    assert out == dict(RANK="3", WORLD_SIZE="8", LOCAL_RANK="3", MASTER_ADDR="gpu007", MASTER_PORT=str(20000 + 12345))
+    port = launch.rendezvous_port(12345)
+    assert out == dict(RANK="3", WORLD_SIZE="8", LOCAL_RANK="3", MASTER_ADDR="gpu007", MASTER_PORT=str(port))
     assert launch.first_host("node1,node2") == "node1"
+    # a stale rendezvous left in the submitting shell (sbatch exports it) does not override the job's
+    stale = launch.distributed_env(dict(env, MASTER_ADDR="login7", MASTER_PORT="29500", RANK="0", WORLD_SIZE="1"))
+    assert stale == out
     torchrun = launch.distributed_env(dict(RANK="1", WORLD_SIZE="2", LOCAL_RANK="1", MASTER_ADDR="h", MASTER_PORT="9",
-                                           SLURM_PROCID="5", SLURM_NTASKS="9"))
-    assert torchrun["RANK"] == "1" and torchrun["WORLD_SIZE"] == "2"  # torchrun wins over Slurm
+                                           SLURM_PROCID="0", SLURM_NTASKS="1", TORCHELASTIC_RUN_ID="x"))
+    assert torchrun["RANK"] == "1" and torchrun["WORLD_SIZE"] == "2"  # torchrun in a one-task job wins over Slurm
     alone = launch.distributed_env({})
     assert alone["WORLD_SIZE"] == "1" and int(alone["MASTER_PORT"]) > 0
+
+
+def test_rendezvous_port_is_below_the_ephemeral_range():
+    ports = {launch.rendezvous_port(job, ephemeral_low=32768) for job in range(0, 200000, 7)}
+    assert min(ports) >= launch.PORT_BASE and max(ports) < 32768 and len(ports) > 1000
+    narrow = {launch.rendezvous_port(job, ephemeral_low=16000) for job in range(5000)}
+    assert max(narrow) < 16000 and len(narrow) == 1000
+
+
+@pytest.mark.parametrize("nodelist, hosts", [
+    ("node[1-2]-ib", ["node1-ib", "node2-ib"]),
+    ("gpu[007-008,010],cpu1", ["gpu007", "gpu008", "gpu010", "cpu1"]),
+    ("r[1-2]n[09-10]", ["r1n09", "r1n10", "r2n09", "r2n10"]),
+    ("a-[3,1]-x,b", ["a-3-x", "a-1-x", "b"]),
+    ("single", ["single"]),
+])
+def test_nodelist_fallback_parser(nodelist, hosts):
+    assert launch.expand_nodelist(nodelist) == hosts
+
+
+@pytest.mark.parametrize("bad", ["node[1-", "node[a-b]", "", "x]"])
+def test_nodelist_parser_refuses_garbage(bad):
+    with pytest.raises(ValueError, match="node list"):
+        launch.expand_nodelist(bad)
 
 
 def test_brightness_reward_scores_the_hole():
