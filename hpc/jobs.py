@@ -26,7 +26,7 @@ def rendered() -> dict[str, str]:
     for stage in PIPELINE:
         script = render.task_script(stage, None, cluster.resources(stage), None)
         out[script.path_name] = script.text
-    out["finalize.sbatch"] = render.finalize_script("", None, cluster.finalize_resources("prepare"), None).text
+    out["finalize.sbatch"] = render.finalize_script("", None, cluster.finalize_resources(PIPELINE[0]), None).text
     return out
 
 
