@@ -16,7 +16,7 @@ import sys
 import time
 import traceback
 
-from fyp.run import Run
+from fyp.run import Run, atomic_write_text
 from fyp.stages import execute_shard, get_stage
 
 from . import ledger, multitask, requeue
@@ -31,9 +31,9 @@ def finalize(stage_name: str, run_dir, variant: str | None, opts: dict) -> None:
     start = time.time()
     stage.finalize(run, variant, opts)
     marker = ledger.finalized_marker(run_dir, stage_name, variant)
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.write_text(json.dumps(dict(stage=stage_name, variant=variant, time=time.time(),
-                                      seconds=time.time() - start)))
+    # atomic: a kill mid-write must not leave a half marker that counts as finalised
+    atomic_write_text(marker, json.dumps(dict(stage=stage_name, variant=variant, time=time.time(),
+                                              seconds=time.time() - start)))
 
 
 def main(argv: list[str] | None = None) -> int:
