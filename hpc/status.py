@@ -91,7 +91,7 @@ def _nonfinite(run: Run, stage: str, variant: str | None, records: dict[int, dic
     task records' `nonfinite=` (each counts what its attempt scored); None where nothing reports one."""
     if stage == "score" and variant:
         try:
-            attrs = dict(run.store("r").root[f"scores/{variant}"].attrs)
+            attrs = run.store("r").scores(variant).attrs
         except Exception:  # noqa: BLE001 - no store or group yet: the records are all there is
             attrs = {}
         if "nonfinite" in attrs:

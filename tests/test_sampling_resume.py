@@ -36,10 +36,7 @@ def prepared(path: Path) -> Run:
 
 def all_arrays(run: Run) -> dict:
     """Every array of the store (samples, candidates, scores), by path."""
-    import zarr
-
-    store = run.store(mode="r")
-    return {name: node[:] for name, node in store.root.members(max_depth=None) if isinstance(node, zarr.Array)}
+    return {name: node[:] for name, node in run.store(mode="r").arrays().items()}
 
 
 def same(a: np.ndarray, b: np.ndarray) -> bool:
@@ -93,9 +90,9 @@ def test_kill_at_a_hold_point_then_resume_is_bit_identical(reference, tmp_path, 
     wait_for(lambda: (run.dir / HOLD_FILE).exists(), proc, f"hold point {hold}")
     kill(proc)
     store = run.store(mode="r")
-    assert list(store["candidates/done"][2:4]) == done_at_kill
+    assert list(store.candidates.done[2:4]) == done_at_kill
     if hold == "images:1":  # images of sample 2 written, its seeds and done flag not
-        assert store["candidates/image"][2].any() and (store["candidates/seed"][2] == -1).all()
+        assert store.candidates.image[2].any() and (store.candidates.seed[2] == -1).all()
     assert SampleStage().pending_shards(run, None, {}) == [0, SHARD]  # shard 0 is never sampled here
     counts = execute_shard("sample", run.dir, SHARD)
     assert counts["done"] == 2 - sum(done_at_kill) and counts["skipped"] == sum(done_at_kill)
@@ -110,7 +107,7 @@ def test_kill_at_a_hold_point_then_resume_is_bit_identical(reference, tmp_path, 
 def test_kill_at_an_arbitrary_moment_then_resume_is_bit_identical(reference, tmp_path):
     run = prepared(tmp_path / "run")
     proc = start_task(run.dir, None)
-    done = run.store(mode="r")["candidates/done"]
+    done = run.store(mode="r").candidates.done
     wait_for(lambda: done[2], proc, "the first sample of the shard to be done")
     kill(proc)  # somewhere inside the second sample: generating it or writing it
     execute_shard("sample", run.dir, SHARD)

@@ -44,7 +44,7 @@ from ..store import StoreError
 from . import launch
 from .checkpoints import LAYOUT_NAME, UNIVERSAL_SUFFIX, Layout, check_resumable, to_universal, write_layout
 from .checkpoints import latest as latest_checkpoint
-from .data import PairData, PairsError, PeerFailed, all_ok, build_cache, cache_group, read_pairs
+from .data import PairData, PairsError, PeerFailed, all_ok, build_cache, read_pairs
 from .flow import TIMESTEP_SAMPLING, draw_pairs, image_ids, noisy_and_target, predict
 from .losses import KINDS, MARGIN_KINDS, NORMALIZE, preference_terms
 from .metrics import METRIC_NAMES, preference_metrics
@@ -387,9 +387,8 @@ def train(run_dir: Path | str, pairs: str | None = None, *, steps: int | None = 
         # losers but another method (ensemble -> caen) must not reuse a cache holding the old margins.
         fingerprint = hashlib.sha1(index.tobytes() + winner.tobytes() + loser.tobytes()
                                    + margin.tobytes()).hexdigest()
-        group = cache_group(name)
-        cached = bool(group in store and store.root[group].attrs.get("complete") and
-                      store.root[group].attrs.get("fingerprint") == fingerprint)
+        group = store.train_cache(name)
+        cached = bool(group.attrs.get("complete") and group.attrs.get("fingerprint") == fingerprint)
         dist.barrier()  # every rank has read the cache's state before rank 0 may delete it
         if not cached:
             if rank == 0:
@@ -400,7 +399,7 @@ def train(run_dir: Path | str, pairs: str | None = None, *, steps: int | None = 
                         chunk=tcfg.encode_batch, progress=True)
             del pipe
             if rank == 0:
-                store.root[group].attrs["fingerprint"] = fingerprint
+                group.update_attrs(fingerprint=fingerprint)
         dist.barrier()
         store = run.store()
         data = PairData(store, name)
@@ -578,7 +577,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-dir", "--run", dest="run", required=True,
                         help="the run directory (prepared, sampled, scored, paired); under torchrun write "
                              "--run-dir (torchrun's own parser claims the prefix --run)")
-    parser.add_argument("--pairs", help="pairs/<NAME> to train on (default: train.pairs)")
+    parser.add_argument("--pairs", help="name of the pairs to train on (default: train.pairs)")
     parser.add_argument("--steps", type=int, help="optimizer steps (default: train.steps)")
     parser.add_argument("--set", action="append", default=[], metavar="train.KEY=VALUE",
                         help="override a train setting, e.g. --set train.lr=1e-4 (repeatable)")
