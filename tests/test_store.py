@@ -169,3 +169,47 @@ def test_verify_command_line_and_bad_store(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "fyp.store", "verify", "--run", str(tmp_path / "nowhere")],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "no run store at" in bad.stderr
+
+
+def test_status_and_pairs_say_a_corrupt_root_metadata_in_one_line(tmp_path, capsys):
+    from hpc.submit import main as submit
+
+    run_dir = tmp_path / "run"
+    assert submit(["prepare", "--run", str(run_dir), "--preset", "tiny", "--samples", "4", "--shards", "2",
+                   "--create-only"]) == 0
+    meta = run_dir / "store.zarr" / "zarr.json"
+    meta.write_text(meta.read_text()[:40])  # truncated, as by a full disk
+    capsys.readouterr()
+    assert submit(["status", "--run", str(run_dir)]) == 0
+    out = capsys.readouterr().out
+    assert f"store: {meta} is damaged (" in out
+    assert submit(["pairs", "--run", str(run_dir)]) == 1  # its task fails, naming the file in one line
+    failed = [line for line in capsys.readouterr().out.splitlines() if "FAILED  pairs shard 0" in line]
+    assert len(failed) == 1 and f"StoreError: {meta} is damaged (" in failed[0]
+
+
+def test_score_stops_on_a_damaged_candidate_block_and_verify_makes_sample_redo_it(tmp_path):
+    """The silent wrong result of issue 12: a deleted candidate block read as black images and was scored.
+    Now score stops with one line; verify marks the block not done; sample redoes exactly that block."""
+    from fyp.data.stage import create_run
+    from fyp.rewards.stage import score_shard
+    from fyp.stages import execute_shard
+
+    run = create_run(tmp_path / "run", "tiny", samples=8, shards=2, overrides={"data": {"resolution": 32},
+                     "sampling": {"candidates": 2}})
+    for shard in range(2):
+        execute_shard("prepare", run.dir, shard)
+    execute_shard("sample", run.dir, 1)  # shard 1: samples 4-7, blocks 4-5 and 6-7
+    store = run.store()
+    assert store.shape.block == 2 and store.candidates.done[4:].all()
+    before = store.candidates.image[4:8]
+    store.block_file(store.candidates.image, 6).unlink()
+    with pytest.raises(DamagedError, match=r"candidates/image is damaged at sample 6 \(its block file is missing\)"):
+        score_shard(run, 1, run.config.reward("clipscore"))
+    assert not store.scores("clipscore").done[6:8].any()  # nothing scored from the damaged block
+    assert store.verify("sample") == ["candidates/image samples 6-7: its block file is missing"]
+    assert store.candidates.done[4:].tolist() == [True, True, False, False]
+    counts = execute_shard("sample", run.dir, 1)
+    assert counts["done"] == 2 and counts["skipped"] == 2  # only the damaged block is redone
+    np.testing.assert_array_equal(run.store("r").candidates.image[4:8], before)  # bit-identical
+    assert score_shard(run, 1, run.config.reward("clipscore"))["done"] == 4
