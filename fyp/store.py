@@ -440,6 +440,37 @@ class RunStore:
         return problems
 
 
+class BlockWriter:
+    """Writes a shard's rows of some arrays block by block, each block once: when the last of its pending
+    rows is finished. The arrays are written in the order given (data first, the done mask last).
+
+    `buffers` hold the shard's rows (row 0 = the shard's first sample) and are what gets written;
+    `pending` marks the rows still to be computed; `touched` the rows whose blocks must be written even
+    when nothing is pending in them (e.g. invalid samples marked done)."""
+
+    def __init__(self, store: "RunStore", span: slice, arrays: list, buffers: list[np.ndarray], pending: np.ndarray,
+                 touched: np.ndarray | None = None):
+        self.span, self.arrays, self.buffers, self.block = span, arrays, buffers, store.shape.block
+        touched = pending if touched is None else (pending | touched)
+        self.rows = {b.start - span.start: slice(b.start - span.start, b.stop - span.start) for b in store.blocks(span)}
+        self.left = {first: int(pending[r].sum()) for first, r in self.rows.items() if touched[r].any()}
+        self.writes = 0
+
+    def finish(self, rows=()) -> None:
+        """Count `rows` (shard-relative) as finished and write every block this completes."""
+        firsts = set(self.left) if len(rows) == 0 else {int(j) // self.block * self.block for j in rows}
+        for j in rows:
+            self.left[int(j) // self.block * self.block] -= 1
+        for first in sorted(firsts):
+            if self.left.get(first) == 0:
+                r = self.rows[first]
+                target = slice(self.span.start + r.start, self.span.start + r.stop)
+                for array, buffer in zip(self.arrays, self.buffers):
+                    array[target] = buffer[r]
+                self.writes += 1
+                del self.left[first]
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__

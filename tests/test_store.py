@@ -213,3 +213,27 @@ def test_score_stops_on_a_damaged_candidate_block_and_verify_makes_sample_redo_i
     assert counts["done"] == 2 and counts["skipped"] == 2  # only the damaged block is redone
     np.testing.assert_array_equal(run.store("r").candidates.image[4:8], before)  # bit-identical
     assert score_shard(run, 1, run.config.reward("clipscore"))["done"] == 4
+
+
+def test_block_writer_writes_each_block_once_when_its_last_pending_row_is_finished(tmp_path):
+    from fyp.store import BlockWriter
+
+    store = _store(tmp_path, n=12, shards=2)  # block 2, shard 1 = samples 6-11 = blocks 6-7, 8-9, 10-11
+    span = store.shard_slice(1)
+    scores = store.scores("clipscore")
+    values, done = np.full((6, 3), np.nan, np.float32), np.zeros(6, bool)
+    pending = np.array([1, 1, 0, 0, 1, 0], bool)  # block 8-9 has nothing to do and nothing touched
+    touched = np.array([0, 0, 0, 0, 0, 1], bool)  # an invalid sample marked done in block 10-11
+    done[5] = True
+    writer = BlockWriter(store, span, [scores.value, scores.done], [values, done], pending, touched)
+    writer.finish()
+    assert writer.writes == 0  # block 10-11 still has sample 10 pending
+    values[0], done[0] = 1.0, True
+    writer.finish([0])
+    assert writer.writes == 0 and not scores.done[6]  # block 6-7 waits for sample 7
+    values[[1, 4]], done[[1, 4]] = 2.0, True
+    writer.finish([1, 4])
+    assert writer.writes == 2 and not writer.left
+    assert scores.done[:].tolist() == [False] * 6 + [True, True, False, False, True, True]
+    assert np.isfinite(scores.value[6:8]).all() and np.isnan(scores.value[8:10]).all()
+    assert not store.block_file(scores.done, 8).exists()  # a block nobody touched is never written

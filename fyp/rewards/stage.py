@@ -28,6 +28,7 @@ import torch
 
 from ..config import RewardSpec
 from ..run import Run
+from ..store import BlockWriter
 from ..stages import Option, Stage
 from .registry import accepts as reward_accepts
 from .registry import build as build_reward
@@ -52,24 +53,13 @@ def score_shard(run: Run, shard: int, spec: RewardSpec) -> dict:
     todo = np.flatnonzero(ready & valid & ~done)
     counts = dict(done=0, images=0, skipped=int(done.sum()), invalid=int(invalid.sum()),
                   waiting=int((~ready & ~done).sum()), nonfinite=0, failures=0)
-    # Samples left to score per block with work (by the block's first row in the shard); a block is
-    # written once, when its count reaches 0. Shards start on a block boundary.
+    # Each block of values and done flags is written once, when its last sample to score is scored
+    # (values first, done mask last: a kill in between only repeats that block's work).
     to_score = np.zeros(sl.stop - sl.start, bool)
     to_score[todo] = True
-    rows_of = {b.start - sl.start: slice(b.start - sl.start, b.stop - sl.start) for b in store.blocks(sl)}
-    left = {first: int(to_score[r].sum()) for first, r in rows_of.items() if (to_score[r] | invalid[r]).any()}
     done |= invalid
-
-    def write_finished(firsts) -> None:
-        for first in firsts:
-            if left.get(first) == 0:
-                r = rows_of[first]
-                rows = slice(sl.start + r.start, sl.start + r.stop)
-                value_arr[rows] = values[r]  # values first, done mask last: a kill in between only repeats work
-                done_arr[rows] = done[r]
-                del left[first]
-
-    write_finished(list(left))  # blocks with invalid samples only
+    writer = BlockWriter(store, sl, [value_arr, done_arr], [values, done], to_score, touched=invalid)
+    writer.finish()  # blocks with invalid samples only
     if todo.size == 0:
         return counts
 
@@ -80,7 +70,6 @@ def score_shard(run: Run, shard: int, spec: RewardSpec) -> dict:
                          **options)
     prompts = np.asarray(samples.prompt[sl])
     per_call = max(1, spec.batch_size // k)
-    block = store.shape.block
     start_time = time.time()
     for first in range(0, todo.size, per_call):
         local = todo[first:first + per_call]
@@ -94,10 +83,7 @@ def score_shard(run: Run, shard: int, spec: RewardSpec) -> dict:
         scores = model.score(flat, flat_prompts, **extra).numpy().astype(np.float32).reshape(len(local), k)
         values[local] = scores
         done[local] = True
-        touched = sorted({int(j) // block * block for j in local})
-        for j in local:
-            left[int(j) // block * block] -= 1
-        write_finished(touched)
+        writer.finish(local)
         counts["done"] += len(local)
         counts["images"] += scores.size
         counts["nonfinite"] += int((~np.isfinite(scores)).sum())
