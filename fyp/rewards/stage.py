@@ -48,7 +48,8 @@ def score_shard(run: Run, shard: int, spec: RewardSpec) -> dict:
     done = np.asarray(done_arr[sl], dtype=bool).copy()
     values = np.asarray(value_arr[sl], dtype=np.float32).copy()
     ready = np.asarray(store.candidates.done[sl], dtype=bool)
-    valid = np.asarray(samples.valid[sl], dtype=bool)
+    valid = np.zeros(sl.stop - sl.start, bool)  # of sampled rows only: their blocks are prepared, so missing = damage
+    valid[ready] = store.read_rows(samples.valid, np.flatnonzero(ready) + sl.start)
     invalid = ready & ~valid & ~done
     todo = np.flatnonzero(ready & valid & ~done)
     counts = dict(done=0, images=0, skipped=int(done.sum()), invalid=int(invalid.sum()),
@@ -68,7 +69,8 @@ def score_shard(run: Run, shard: int, spec: RewardSpec) -> dict:
         options["batch_size"] = spec.batch_size  # the model's micro-batch = the stage's call size
     model = build_reward(name, tiny=spec.tiny, pretrained=spec.pretrained, device=spec.device, dtype=spec.dtype,
                          **options)
-    prompts = np.asarray(samples.prompt[sl])
+    prompts = np.full(sl.stop - sl.start, "", dtype=object)
+    prompts[todo] = store.read_rows(samples.prompt, todo + sl.start)  # prepared rows: a lost block is damage
     per_call = max(1, spec.batch_size // k)
     start_time = time.time()
     for first in range(0, todo.size, per_call):

@@ -97,7 +97,7 @@ class SampleStage(Stage):
         if not prepared.all():
             raise StoreError(f"prepare has not finished shard {shard} ({int((~prepared).sum())} samples not "
                              f"prepared); run `python -m hpc.submit prepare` for it first")
-        valid = samples.valid[span]
+        valid = store.read_rows(samples.valid, span)  # prepared: a missing block is damage, not "invalid"
         done = candidates.done[span]
         todo = [span.start + j for j in np.flatnonzero(valid & ~done)]
         counts = dict(done=0, skipped=int((valid & done).sum()), invalid=int((~valid).sum()), candidates=0)
@@ -108,8 +108,8 @@ class SampleStage(Stage):
 
         k = cfg.sampling.candidates
         pipe = _pipeline(run)
-        ids = samples.id[span]
-        prompts = samples.prompt[span]
+        ids = store.read_rows(samples.id, span)
+        prompts = store.read_rows(samples.prompt, span)
         hold = _Hold(run.dir, shard)
         save_latents = cfg.sampling.save_latents and "latent" in candidates
         start = time.time()
