@@ -194,7 +194,7 @@ class PairData:
         self.latent_hw = tuple(attrs["latent_hw"])
         self._arrays = {key: group[key] for key in
                         ("latent_w", "latent_l", "condition", "loss_mask", "prompt_embeds", "pooled")}
-        self.margin = torch.from_numpy(group.margin[:])
+        self.margin = torch.from_numpy(group["margin"][:])
         self.samples = group["sample"][:]
         self.latent_tokens = self._arrays["latent_w"].shape[1:]  # (L, 4C)
 
