@@ -88,7 +88,7 @@ def test_zero3_two_processes_match_one(single, base_run):
     """Two ranks share the latent cache's encoding (chunks of 3 pairs dealt round-robin) and build the
     reference as a partition-to-partition copy of the policy. The cache is bit-identical to one process
     encoding the same chunks; the losses match one process's to 1e-4."""
-    from fyp.dpo.data import build_cache, cache_group
+    from fyp.dpo.data import build_cache
     from fyp.models import build_pipeline
     from fyp.run import Run
 
