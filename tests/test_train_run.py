@@ -267,11 +267,13 @@ def test_margin_loss_without_margins_is_a_one_line_error(base_run, capsys):
     """loss=caen on pairs made without a margin (the single method): exit 2 and one line, before any
     process group or model is set up (so every rank of a multi-process run fails alike)."""
     from fyp.dpo.train import main
+    from fyp.run import Run
 
     assert main(["--run", str(base_run), "--pairs", PAIRS, "--set", "train.loss=caen"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("fyp.dpo.train: ") and "\n" not in err, err
-    assert "train.loss=caen needs target margins" in err and str(Run.open(base_run).store(mode="r").pairs(PAIRS)) in err and "capo or caen" in err
+    pairs = str(Run.open(base_run).store(mode="r").pairs(PAIRS))
+    assert "train.loss=caen needs target margins" in err and pairs in err and "capo or caen" in err
     assert not (base_run / "train").exists()  # failed before encoding the latent cache
 
 
