@@ -14,6 +14,7 @@ from pathlib import Path
 
 from fyp.run import Run
 from fyp.stages import PIPELINE, Stage, available_stages, get_stage, option_defaults
+from fyp.store import StoreError
 
 from . import ledger, slurm
 
@@ -287,6 +288,10 @@ def render(run_dir: Path | str, statuses: list[StageStatus], details: bool = Fal
     lines = [f"run {run_dir}: preset {cfg.preset}, {cfg.shards} shards",
              f"{'stage':24s} {'samples':>11s} {'pending':>8s} {'queued':>7s} {'running':>8s} {'done':>5s} "
              f"{'failed':>7s} {'cancelled':>9s} {'unknown':>7s}  finalize"]
+    try:  # the stages' counts below swallow store errors: a damaged store must still be said, once
+        run.store("r")
+    except StoreError as exc:
+        lines.insert(1, f"store: {exc}")
     problems = []
     for st in statuses:
         t = st.tally()

@@ -125,24 +125,26 @@ def test_prepare_shard_completes_and_counts_bad_input(tmp_path):
     assert store.shape.n == len(cases) and store.shape.height == RES
     assert (run_dir / "cache" / "brushdata-index.npz").is_file()  # indexed once at create_run, reused by tasks
     counts = [stages.execute_shard("prepare", run_dir, s) for s in range(2)]
-    expected_invalid = [sum(e is not None for _, e in cases[:7]), sum(e is not None for _, e in cases[7:])]
+    split = store.shard_slice(0).stop  # shard 0 holds whole blocks: 8 of the 13 samples
+    assert split == 8
+    expected_invalid = [sum(e is not None for _, e in cases[:split]), sum(e is not None for _, e in cases[split:])]
     assert [c["invalid"] for c in counts] == expected_invalid
-    assert [c["done"] for c in counts] == [7, len(cases) - 7]
+    assert [c["done"] for c in counts] == [split, len(cases) - split]
     stage = stages.get_stage("prepare")
     assert stage.pending_shards(run, None, {}) == [] and stage.progress(run, None, {}) == (len(cases), len(cases))
     records = run.task_records("prepare")
     assert [r["state"] for r in records] == ["done", "done"] and [r["invalid"] for r in records] == expected_invalid
 
-    valid, reasons = store["samples/valid"][:], store["samples/reason"][:]
+    valid, reasons = store.samples.valid[:], store.samples.reason[:]
     for i, (_, expected) in enumerate(cases):
         assert bool(valid[i]) == (expected is None)
         assert (str(reasons[i]).split(":")[0] if expected else str(reasons[i])) == (expected or "")
-    images = store["samples/image"][:]
+    images = store.samples.image[:]
     assert not images[~valid].any() and images[valid].any()
-    assert list(store["samples/prompt"][:][valid]) == ["fine", "also fine"]
+    assert list(store.samples.prompt[:][valid]) == ["fine", "also fine"]
 
     stage.finalize(run, None, {})
-    summary = dict(RunStore.open(run_dir).root["samples"].attrs)
+    summary = RunStore.open(run_dir).samples.attrs
     assert summary["valid"] == 2 and summary["invalid"] == len(cases) - 2
     assert summary["invalid_by_kind"] == {"bad record": 1, "corrupt image": 2, "empty mask": 2, "full mask": 1,
                                           "mask size mismatch": 1, "missing prompt": 2, "undecodable rle": 2}

@@ -21,8 +21,8 @@ def test_prepare_three_shards_matches_the_reader(tmp_path):
     store = RunStore.open(run_dir)
     res, k = run.config.data.resolution, run.config.sampling.candidates
     assert (store.shape.n, store.shape.k, store.shape.height, store.shape.shards) == (10, k, res, 3)
-    assert store["samples/image"].shape == (10, res, res, 3) and store["candidates/image"].shape == (10, k, res, res, 3)
-    assert all(f"scores/{r}/value" in store for r in run.config.reward_names)
+    assert store.samples.image.shape == (10, res, res, 3) and store.candidates.image.shape == (10, k, res, res, 3)
+    assert all("value" in store.scores(r) for r in run.config.reward_names)
     stage = stages.get_stage("prepare")
     assert stage.pending_shards(run, None, {}) == [0, 1, 2] and stage.progress(run, None, {}) == (0, 10)
 
@@ -36,21 +36,21 @@ def test_prepare_three_shards_matches_the_reader(tmp_path):
     store = RunStore.open(run_dir)
     for i in range(10):
         sample = reader[i]
-        np.testing.assert_array_equal(store["samples/image"][i], sample.image)
-        np.testing.assert_array_equal(store["samples/mask"][i], sample.mask)
-    assert list(store["samples/id"][:]) == [f"train-{i:06d}" for i in range(10)]
-    assert list(store["samples/prompt"][:]) == [reader[i].prompt for i in range(10)]
-    assert store["samples/valid"][:].all() and list(store["samples/reason"][:]) == [""] * 10
-    assert set(np.unique(store["samples/mask"][:])) == {0, 1}
+        np.testing.assert_array_equal(store.samples.image[i], sample.image)
+        np.testing.assert_array_equal(store.samples.mask[i], sample.mask)
+    assert list(store.samples.id[:]) == [f"train-{i:06d}" for i in range(10)]
+    assert list(store.samples.prompt[:]) == [reader[i].prompt for i in range(10)]
+    assert store.samples.valid[:].all() and list(store.samples.reason[:]) == [""] * 10
+    assert set(np.unique(store.samples.mask[:])) == {0, 1}
 
     # A re-run skips every shard and leaves the data untouched.
-    before = store["samples/image"][:]
+    before = store.samples.image[:]
     assert [stages.execute_shard("prepare", run_dir, s) for s in range(3)] == [dict(done=0, invalid=0, skipped=n)
                                                                               for n in (4, 4, 2)]
-    np.testing.assert_array_equal(RunStore.open(run_dir)["samples/image"][:], before)
+    np.testing.assert_array_equal(RunStore.open(run_dir).samples.image[:], before)
     stage.finalize(run, None, {})
     reopened = Run.open(run_dir).store(mode="r")
-    assert dict(reopened.root["samples"].attrs)["valid"] == 10
+    assert reopened.samples.attrs["valid"] == 10
 
 
 def test_prepare_is_independent_of_the_shard_count(tmp_path):
@@ -60,18 +60,18 @@ def test_prepare_is_independent_of_the_shard_count(tmp_path):
     for s in range(3):
         stages.execute_shard("prepare", three.dir, s)
     a, b = one.store(mode="r"), three.store(mode="r")
-    for name in ("samples/image", "samples/mask", "samples/prompt", "samples/id", "samples/valid"):
-        np.testing.assert_array_equal(a[name][:], b[name][:])
+    for name in ("image", "mask", "prompt", "id", "valid"):
+        np.testing.assert_array_equal(a.samples[name][:], b.samples[name][:])
 
 
 def test_a_half_written_shard_is_redone(tmp_path):
     run = create_run(tmp_path / "run", "tiny", samples=4, shards=2)
     store = run.store()
-    store["samples/image"][0:2] = 7  # as if a task died after writing images but before done
+    store.samples.image[0:2] = 7  # as if a task died after writing images but before done
     assert stages.get_stage("prepare").pending_shards(run, None, {}) == [0, 1]
     assert stages.execute_shard("prepare", run.dir, 0)["done"] == 2
     reader = build_reader(run.config.data, run.config.seed)
-    np.testing.assert_array_equal(run.store(mode="r")["samples/image"][0], reader[0].image)
+    np.testing.assert_array_equal(run.store(mode="r").samples.image[0], reader[0].image)
 
 
 def test_create_run_errors(tmp_path):
@@ -97,7 +97,7 @@ def test_save_latents(tmp_path, monkeypatch):
 
     run = create_run(tmp_path / "lat", "tiny", overrides={"sampling": {"save_latents": True}}, samples=3, shards=1)
     expected = latent_shape(run.config.model, run.config.data.resolution)
-    assert run.store(mode="r")["candidates/latent"].shape == (3, run.config.sampling.candidates, *expected)
+    assert run.store(mode="r").candidates.latent.shape == (3, run.config.sampling.candidates, *expected)
     # Without the model package the request is refused with a clear message, before anything is written.
     monkeypatch.setitem(sys.modules, "fyp.models.flux_fill", None)
     with pytest.raises(ConfigError, match="save_latents needs fyp.models.flux_fill.latent_shape"):

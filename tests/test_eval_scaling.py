@@ -35,19 +35,19 @@ def test_sample_subsets_are_nested_and_keep_pairs(run):
     for key, values, dtype, fill in (("winner", winner, "int32", -1), ("loser", loser, "int32", -1),
                                      ("margin", np.full(n, np.nan, np.float32), "float32", float("nan")),
                                      ("valid", valid, "bool", False)):
-        store.create_array(f"pairs/single/{key}", shape=(n,), chunks=(n,), dtype=dtype, fill_value=fill)[:] = values
+        store.pairs("single").create_array(key, shape=(n,), chunks=(n,), dtype=dtype, fill_value=fill)[:] = values
     steps = sample_steps(run, [4, 8], pairs="single")
     assert steps == [["train", "--run", str(run.dir), "--pairs", "single-n4"],
                      ["eval", "--run", str(run.dir), "--model", "single-n4"],
                      ["train", "--run", str(run.dir), "--pairs", "single-n8"],
                      ["eval", "--run", str(run.dir), "--model", "single-n8"]]
     store = run.store("r")
-    small, large = store["pairs/single-n4/valid"][:], store["pairs/single-n8/valid"][:]
+    small, large = store.pairs("single-n4").valid[:], store.pairs("single-n8").valid[:]
     assert small.sum() == 4 and large.sum() == 8 and not small[3] and not large[3]
     assert np.all(large[small])  # nested
-    w = store["pairs/single-n8/winner"][:]
+    w = store.pairs("single-n8").winner[:]
     assert np.array_equal(w[large], winner[large]) and np.all(w[~large] == -1)
-    assert store.root["pairs/single-n4"].attrs["subset_of"] == "single"
+    assert store.pairs("single-n4").attrs["subset_of"] == "single"
     with pytest.raises(ValueError, match="outside 1..11"):
         sample_steps(run, [50], pairs="single")
 
@@ -96,9 +96,9 @@ def test_candidate_sweep_launches_end_to_end_and_skips_done_steps(tmp_path, caps
     store = run.store("r")
     for k in (2, 4):
         name = f"brightness-k{k}"
-        valid = store[f"pairs/{name}/valid"][:]
-        assert valid.all() and store.root[f"pairs/{name}"].attrs["candidates"] == k
-        assert store[f"pairs/{name}/winner"][:].max() < k and store[f"pairs/{name}/loser"][:].max() < k
+        valid = store.pairs(name).valid[:]
+        assert valid.all() and store.pairs(name).attrs["candidates"] == k
+        assert store.pairs(name).winner[:].max() < k and store.pairs(name).loser[:].max() < k
         assert (export_dir(run.dir, name) / "config.json").exists()
         assert (run.dir / "train" / name / "done.json").exists()
     summary = (run.dir / "eval" / "summary.csv").read_text()

@@ -67,7 +67,7 @@ def test_eval_writes_summary_with_baseline_and_aligned_rows(evaluated):
 def test_eval_store_holds_blended_results_and_metrics(evaluated):
     run, _ = evaluated
     store = run.store("r")
-    base, aligned = store["eval/synthetic/baseline/image"][:], store["eval/synthetic/single/image"][:]
+    base, aligned = store.eval("synthetic", "baseline")["image"][:], store.eval("synthetic", "single")["image"][:]
     assert base.shape == (ITEMS, 32, 32, 3) and base.dtype == np.uint8
     assert not np.array_equal(base, aligned)  # only the transformer differs, and it was perturbed
     from fyp.data.synthetic import SyntheticReader
@@ -77,11 +77,11 @@ def test_eval_store_holds_blended_results_and_metrics(evaluated):
     ys, xs = np.nonzero(sample.mask)
     far[max(0, ys.min() - 11):ys.max() + 12, max(0, xs.min() - 11):xs.max() + 12] = False
     assert np.array_equal(base[0][far], sample.image[far])  # blended: the original outside the feathered band
-    assert store["eval/synthetic/baseline/id"][0] == "heldout-000000"  # the held-out split, never trained on
-    brightness = store["eval/synthetic/single/metrics/brightness"][:]
+    assert store.eval("synthetic", "baseline")["id"][0] == "heldout-000000"  # the held-out split, never trained on
+    brightness = store.eval("synthetic", "single").part("metrics")["brightness"][:]
     assert brightness.shape == (ITEMS,) and np.isfinite(brightness).all()
     # same seed for every model, recorded per item
-    assert np.array_equal(store["eval/synthetic/baseline/seed"][:], store["eval/synthetic/single/seed"][:])
+    assert np.array_equal(store.eval("synthetic", "baseline")["seed"][:], store.eval("synthetic", "single")["seed"][:])
 
 
 def test_eval_rerun_skips_done_shards(evaluated):
@@ -187,11 +187,11 @@ def test_rorem_with_a_missing_file_counts_it_and_scores_the_rest(evaluated, tmp_
     counts = _run_stage(run, opts)["rorem/baseline"][0]
     assert counts["done"] == 2 and counts["invalid"] == 1 and counts["failed"] == 0
     store = Run.open(run.dir).store("r")
-    valid = store["eval/rorem/baseline/valid"][:]
+    valid = store.eval("rorem", "baseline")["valid"][:]
     assert valid.tolist() == [True, False, True]
-    assert str(store["eval/rorem/baseline/reason"][1]).startswith("missing file: mask")
+    assert str(store.eval("rorem", "baseline")["reason"][1]).startswith("missing file: mask")
     for metric in ("psnr_bg", "psnr_gt", "lpips_gt", "clip_sim_gt"):
-        values = store[f"eval/rorem/baseline/metrics/{metric}"][:]
+        values = store.eval("rorem", "baseline").part("metrics")[metric][:]
         assert np.isfinite(values[[0, 2]]).all() and np.isnan(values[1]), metric
     rows = list(csv.DictReader((run.dir / "eval" / "summary.csv").open()))
     assert any(r["benchmark"] == "rorem" and r["metric"] == "psnr_bg" and r["n"] == "2" for r in rows)

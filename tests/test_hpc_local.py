@@ -10,7 +10,8 @@ import time
 
 import numpy as np
 import pytest
-import zarr
+
+from fyp.store import RunStore
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -31,11 +32,11 @@ def test_local_prepare_sample_kill_retry(tmp_path):
     hold_env = dict(env, FYP_SAMPLE_HOLD="images:2:1")
     sample = subprocess.Popen([sys.executable, "-m", "hpc.submit", "sample", "--run", str(run), "--array", "0-2%3"],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=hold_env)
-    group = lambda: zarr.open_group(run / "store.zarr", mode="r", use_consolidated=False)
+    group = lambda: RunStore.open(run, mode="r")
     deadline = time.time() + 600
     while not (run / ".sample-hold").exists() and time.time() < deadline:
         time.sleep(0.5)
-    assert group()["candidates/done"][2] and not group()["candidates/done"][3]  # shard 1 is mid-run
+    assert group().candidates.done[2] and not group().candidates.done[3]  # shard 1 is mid-run
     logs = list((run / "logs/sample/shard-00001").glob("*_log.out"))
     assert len(logs) == 1
     pid = int(re.search(r"local task, pid (\d+)", logs[0].read_text()).group(1))
@@ -59,10 +60,10 @@ def test_local_prepare_sample_kill_retry(tmp_path):
     assert len(list((run / "logs/sample/shard-00001").glob("*_log.out"))) == 2  # one log per attempt
 
     store = group()
-    assert store["candidates/done"][:].all()
-    seeds = store["candidates/seed"][:]
+    assert store.candidates.done[:].all()
+    seeds = store.candidates.seed[:]
     assert (seeds >= 0).all() and len(np.unique(seeds)) == seeds.size
-    images = store["candidates/image"][:]
+    images = store.candidates.image[:]
     assert images.std() > 0 and not np.array_equal(images[:, 0], images[:, 1])  # candidates differ by seed
 
     start = time.time()

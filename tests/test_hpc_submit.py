@@ -257,14 +257,14 @@ def test_status_counts_nonfinite_scores_per_reward(capsys, tmp_path):
     assert "nonfinite" not in before["score/pickscore"]  # no task of it reported anything
     # once finalised, the count over the whole store wins: the real finalize on real arrays
     store = run.store()
-    k = store["scores/clipscore/value"].shape[1]
-    store["samples/valid"][:] = np.ones(6, bool)
+    k = store.scores("clipscore").value.shape[1]
+    store.samples.valid[:] = np.ones(6, bool)
     values = np.ones((6, k), np.float32)
     values[0, :] = np.nan
     values[3, 1] = np.inf
     values[5, :] = np.nan  # not done: not counted
-    store["scores/clipscore/value"][:] = values
-    store["scores/clipscore/done"][:] = np.array([1, 1, 1, 1, 1, 0], bool)
+    store.scores("clipscore").value[:] = values
+    store.scores("clipscore").done[:] = np.array([1, 1, 1, 1, 1, 0], bool)
     get_stage("score").finalize(run, "clipscore", {})
     assert rows()["score/clipscore"].endswith(f"nonfinite {k + 1}")
 

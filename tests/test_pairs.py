@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 
 import numpy as np
 import pytest
@@ -25,11 +26,11 @@ def make_run(tmp_path, overrides=None) -> Run:
     store = RunStore.create(run.dir, Shape(N, K, 16, 16, SHARDS), cfg.reward_names)
     valid = np.ones(N, bool)
     valid[INVALID] = False
-    store["samples/valid"][:] = valid
-    store["samples/reason"][:] = np.array(["" if v else "mask is empty" for v in valid])
-    store["samples/id"][:] = np.array([f"s{i:03d}" for i in range(N)])
-    store["samples/done"][:] = True
-    store["candidates/done"][:] = True
+    store.samples.valid[:] = valid
+    store.samples.reason[:] = np.array(["" if v else "mask is empty" for v in valid])
+    store.samples.id[:] = np.array([f"s{i:03d}" for i in range(N)])
+    store.samples.done[:] = True
+    store.candidates.done[:] = True
     rng = np.random.default_rng(0)
     for j, reward in enumerate(cfg.reward_names):
         values = rng.integers(0, 5, size=(N, K)).astype(np.float32) + rng.random((N, 1)).astype(np.float32)
@@ -40,8 +41,8 @@ def make_run(tmp_path, overrides=None) -> Run:
             values[ONE_NAN, 2] = np.nan
         if reward == "pickscore":
             values[ONE_INF, 0] = np.inf
-        store[f"scores/{reward}/value"][:] = values
-        store[f"scores/{reward}/done"][:] = True
+        store.scores(reward).value[:] = values
+        store.scores(reward).done[:] = True
     return run
 
 
@@ -53,7 +54,7 @@ def opts(**kw) -> dict:
 
 def read_scores(run, rewards):
     store = run.store(mode="r")
-    return np.stack([store[f"scores/{r}/value"][:] for r in rewards], axis=1)
+    return np.stack([store.scores(r).value[:] for r in rewards], axis=1)
 
 
 @pytest.fixture()
@@ -70,8 +71,8 @@ def test_ensemble_pairs_arrays_attrs_and_report(run, capsys):
     assert counts["done"] == N and counts["pairs"] + counts["skipped"] == N and counts["nonfinite"] > 0
 
     store = RunStore.open(run.dir, mode="r")
-    winner, loser = store["pairs/ensemble/winner"][:], store["pairs/ensemble/loser"][:]
-    valid, margin = store["pairs/ensemble/valid"][:], store["pairs/ensemble/margin"][:]
+    winner, loser = store.pairs("ensemble").winner[:], store.pairs("ensemble").loser[:]
+    valid, margin = store.pairs("ensemble").valid[:], store.pairs("ensemble").margin[:]
     assert winner.dtype == np.int32 and valid.dtype == bool and margin.dtype == np.float32
     rewards = run.config.reward_names
     want = ens.select_pairs(read_scores(run, rewards), rewards, "ensemble")
@@ -83,12 +84,12 @@ def test_ensemble_pairs_arrays_attrs_and_report(run, capsys):
     assert not valid[[INVALID, NO_MODEL, ALL_TIED]].any() and valid[[ONE_NAN, ONE_INF]].all()
     assert (winner[valid] != loser[valid]).all() and np.isnan(margin).all()
 
-    attrs = dict(store["pairs/ensemble"].attrs)
+    attrs = dict(store.pairs("ensemble").attrs)
     assert attrs["complete"] and attrs["method"] == "ensemble" and attrs["rewards"] == rewards
     assert attrs["weights"] == [1.0] * 9 and attrs["ties"] == "average" and attrs["seed"] == 0
     assert attrs["candidates"] == K and attrs["counts"]["pairs"] == int(valid.sum())
     assert attrs["left_out"]["hpsv2"] == 2 and attrs["left_out"]["pickscore"] == 2  # NO_MODEL + own
-    assert dict(store["pairs/ensemble/valid"].attrs)["method"] == "ensemble"
+    assert dict(store.pairs("ensemble").valid.attrs)["method"] == "ensemble"
     assert stage.pending_shards(run, None, opts(backend="reference")) == []
     assert stage.progress(run, None, opts()) == (N, N)
 
@@ -106,7 +107,7 @@ def test_ensemble_pairs_arrays_attrs_and_report(run, capsys):
     assert skipped[0]["id"] == f"s{INVALID:03d}"
     assert (folder / "agreement.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     printed = capsys.readouterr().out
-    assert "pairs/ensemble: method ensemble" in printed and "reward agreement: mean pairwise Kendall tau" in printed
+    assert f"{store.pairs('ensemble')}: method ensemble" in printed and "reward agreement: mean pairwise Kendall tau" in printed
 
 
 def test_agreement_csv_is_the_kendall_matrix_over_valid_samples(run):
@@ -126,12 +127,12 @@ def test_agreement_csv_is_the_kendall_matrix_over_valid_samples(run):
 def test_caen_with_candidate_scaling(run):
     counts = PairsStage().run_shard(run, 0, None, opts(method="caen", candidates=4, backend="reference"))
     store = RunStore.open(run.dir, mode="r")
-    assert "pairs/caen-k4/winner" in store and counts["pairs"] > 0
-    winner, loser = store["pairs/caen-k4/winner"][:], store["pairs/caen-k4/loser"][:]
-    valid, margin = store["pairs/caen-k4/valid"][:], store["pairs/caen-k4/margin"][:]
+    assert "winner" in store.pairs("caen-k4") and counts["pairs"] > 0
+    winner, loser = store.pairs("caen-k4").winner[:], store.pairs("caen-k4").loser[:]
+    valid, margin = store.pairs("caen-k4").valid[:], store.pairs("caen-k4").margin[:]
     assert (winner[valid] < 4).all() and (loser[valid] < 4).all()
     assert (margin[valid] > 0).all() and (margin[valid] <= 1).all() and np.isnan(margin[~valid]).all()
-    attrs = dict(store["pairs/caen-k4"].attrs)
+    attrs = dict(store.pairs("caen-k4").attrs)
     assert attrs["candidates"] == 4 and attrs["method"] == "caen"
     w = dict(zip(attrs["rewards"], attrs["weights"]))
     assert w["clipscore"] == 2.0 and w["perception"] == 2.0 and w["hpsv3"] == pytest.approx(5 / 7)
@@ -174,35 +175,35 @@ def test_single_and_random(run):
     stage.run_shard(run, 0, None, opts(method="single", reward="hpsv2", backend="reference"))
     stage.run_shard(run, 0, None, opts(method="random", seed=4, backend="reference"))
     store = RunStore.open(run.dir, mode="r")
-    hp = store["scores/hpsv2/value"][:]
-    valid = store["pairs/hpsv2/valid"][:]
-    winner, loser = store["pairs/hpsv2/winner"][:], store["pairs/hpsv2/loser"][:]
+    hp = store.scores("hpsv2").value[:]
+    valid = store.pairs("hpsv2").valid[:]
+    winner, loser = store.pairs("hpsv2").winner[:], store.pairs("hpsv2").loser[:]
     rows = valid.nonzero()[0]
     np.testing.assert_array_equal(hp[rows, winner[rows]], hp[rows].max(1))
     np.testing.assert_array_equal(hp[rows, loser[rows]], hp[rows].min(1))
     assert not valid[ONE_NAN]  # hpsv2's only model is missing there
-    rvalid = store["pairs/random/valid"][:]
+    rvalid = store.pairs("random").valid[:]
     assert rvalid.sum() == N - 1 and not rvalid[INVALID]
-    rw, rl = store["pairs/random/winner"][:], store["pairs/random/loser"][:]
+    rw, rl = store.pairs("random").winner[:], store.pairs("random").loser[:]
     assert (rw[rvalid] != rl[rvalid]).all()
 
 
 def test_incomplete_or_missing_scores_stop_with_the_reward_and_shards(run):
     store = run.store()
-    done = store["scores/hpsv2/done"][:]
+    done = store.scores("hpsv2").done[:]
     done[store.shard_slice(1)] = False
     done[store.shard_slice(2).start] = False
-    store["scores/hpsv2/done"][:] = done
+    store.scores("hpsv2").done[:] = done
     stage = PairsStage()
-    with pytest.raises(PairsInputError, match=r"scores/hpsv2 is incomplete: shard\(s\) 1, 2 of 3 not done"):
+    with pytest.raises(PairsInputError, match=re.escape(f"{store.scores('hpsv2')} is incomplete: shard(s) 1, 2 of 3 not done")):
         stage.run_shard(run, 0, None, opts(backend="reference"))
     # a method that does not use hpsv2 still runs, and the agreement leaves hpsv2 out
     stage.run_shard(run, 0, None, opts(method="single", reward="pickscore", backend="reference"))
     summary = json.loads((run.dir / "pairs" / "pickscore" / "summary.json").read_text())
     assert "hpsv2" not in summary["agreement_rewards"] and len(summary["agreement_rewards"]) == 8
-    cand = store["candidates/done"][:]
+    cand = store.candidates.done[:]
     cand[0] = False
-    store["candidates/done"][:] = cand
+    store.candidates.done[:] = cand
     with pytest.raises(PairsInputError, match=r"candidates is incomplete: shard\(s\) 0 of 3"):
         stage.run_shard(run, 0, None, opts(method="random", backend="reference"))
 
@@ -212,7 +213,7 @@ def test_reward_without_score_arrays(tmp_path):
     run.config.pairs.rewards = []
     store = run.store()
     store.rewards.remove("hpsv3")  # as if the run never scored it
-    store.root.attrs["rewards"] = store.rewards
+    store.update_attrs(rewards=store.rewards)
     with pytest.raises(PairsOptionError, match="not scored in this run"):
         PairsStage().plan(run, opts(method="single", reward="hpsv3"))
 
@@ -223,7 +224,7 @@ def test_rerun_replaces_the_group(run):
     assert stage.pending_shards(run, None, opts(seed=2)) == [0]
     stage.run_shard(run, 0, None, opts(backend="reference", seed=2))
     store = RunStore.open(run.dir, mode="r")
-    assert store["pairs/ensemble"].attrs["seed"] == 2
+    assert store.pairs("ensemble").attrs["seed"] == 2
     assert stage.pending_shards(run, None, opts(seed=2)) == []
 
 
@@ -233,6 +234,6 @@ def test_cpp_backend_writes_the_same_pairs(run):
     stage.run_shard(run, 0, None, opts(method="capo", backend="cpp", name="cpp"))
     store = RunStore.open(run.dir, mode="r")
     for field in ("winner", "loser", "valid"):
-        np.testing.assert_array_equal(store[f"pairs/cpp/{field}"][:], store[f"pairs/ref/{field}"][:])
-    np.testing.assert_allclose(store["pairs/cpp/margin"][:], store["pairs/ref/margin"][:], atol=1e-6)
+        np.testing.assert_array_equal(store.pairs("cpp")[field][:], store.pairs("ref")[field][:])
+    np.testing.assert_allclose(store.pairs("cpp").margin[:], store.pairs("ref").margin[:], atol=1e-6)
     assert json.loads((run.dir / "pairs" / "cpp" / "summary.json").read_text())["backend"] == "cpp"

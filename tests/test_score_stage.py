@@ -29,25 +29,25 @@ def make_run(root, rewards=REWARDS, invalid=(), not_sampled=(), python=None) -> 
     run = Run.create(root, cfg)
     store = RunStore.create(root, Shape(N, K, H, W, SHARDS), rewards)
     rng = np.random.default_rng(0)
-    store["samples/prompt"][:] = np.array(["a red car", "a photo of a cat", "a house", "a dog", "trees"], dtype=object)
-    store["samples/valid"][:] = np.array([i not in invalid for i in range(N)])
-    store["samples/done"][:] = True
+    store.samples.prompt[:] = np.array(["a red car", "a photo of a cat", "a house", "a dog", "trees"], dtype=object)
+    store.samples.valid[:] = np.array([i not in invalid for i in range(N)])
+    store.samples.done[:] = True
     masks = np.zeros((N, H, W), np.uint8)
     masks[:, 8:24, 8:24] = 1
-    store["samples/mask"][:] = masks
-    store["candidates/image"][:] = rng.integers(0, 256, (N, K, H, W, 3), dtype=np.uint8)
-    store["candidates/done"][:] = np.array([i not in not_sampled for i in range(N)])
+    store.samples.mask[:] = masks
+    store.candidates.image[:] = rng.integers(0, 256, (N, K, H, W, 3), dtype=np.uint8)
+    store.candidates.done[:] = np.array([i not in not_sampled for i in range(N)])
     return run
 
 
 def direct_scores(run: Run, reward: str) -> np.ndarray:
     store = run.store("r")
-    images = torch.from_numpy(np.asarray(store["candidates/image"][:]).reshape(N * K, H, W, 3))
-    prompts = [str(p) for p in np.repeat(np.asarray(store["samples/prompt"][:]), K)]
+    images = torch.from_numpy(np.asarray(store.candidates.image[:]).reshape(N * K, H, W, 3))
+    prompts = [str(p) for p in np.repeat(np.asarray(store.samples.prompt[:]), K)]
     extra = {}
     model = build(reward, tiny=True, device="cpu")
     if getattr(model, "accepts_masks", False):
-        extra["masks"] = torch.from_numpy(np.repeat(np.asarray(store["samples/mask"][:]), K, axis=0))
+        extra["masks"] = torch.from_numpy(np.repeat(np.asarray(store.samples.mask[:]), K, axis=0))
     return model.score(images, prompts, **extra).numpy().reshape(N, K)
 
 
@@ -76,20 +76,20 @@ def test_score_all_fills_every_reward_and_rerun_skips(tmp_path):
         assert all(c["nonfinite"] == 0 and c["skipped"] == 0 for c in first)
         stage.finalize(run, reward, {})
         store = run.store("r")
-        np.testing.assert_allclose(store[f"scores/{reward}/value"][:], direct_scores(run, reward), rtol=1e-5,
+        np.testing.assert_allclose(store.scores(reward).value[:], direct_scores(run, reward), rtol=1e-5,
                                    atol=1e-5)
-        assert store[f"scores/{reward}/done"][:].all()
+        assert store.scores(reward).done[:].all()
         assert stage.pending_shards(run, reward, {}) == [] and stage.progress(run, reward, {}) == (N, N)
         again = execute_shard("score", run.dir, 1, reward)
         assert again["done"] == 0 and again["skipped"] == 2
-        attrs = dict(RunStore.open(run.dir, "r").root[f"scores/{reward}"].attrs)
+        attrs = dict(RunStore.open(run.dir, "r").scores(reward).attrs)
         assert attrs == dict(done=N, total=N, nonfinite=0)
         assert run.task_records("score", reward)[1]["state"] == "done"
     # brightness got the hole masks: its score is the hole's mean luminance, not the whole image's
     store = run.store("r")
-    img = np.asarray(store["candidates/image"][0, 0]).astype(np.float64)
+    img = np.asarray(store.candidates.image[0, 0]).astype(np.float64)
     luma = (img * np.array([0.2126, 0.7152, 0.0722])).sum(-1) / 255
-    assert store["scores/brightness/value"][0, 0] == pytest.approx(luma[8:24, 8:24].mean(), abs=1e-5)
+    assert store.scores("brightness").value[0, 0] == pytest.approx(luma[8:24, 8:24].mean(), abs=1e-5)
 
 
 class Killed(RuntimeError):
@@ -119,13 +119,13 @@ def test_killed_task_rerun_gives_identical_scores(tmp_path, monkeypatch):
     with pytest.raises(Killed):
         execute_shard("score", run.dir, 0, "hpsv2")  # batch_size 4 // K 3 = 1 sample per call
     assert run.task_records("score", "hpsv2")[0]["state"] == "failed"
-    done = run.store("r")["scores/hpsv2/done"][:3]
+    done = run.store("r").scores("hpsv2").done[:3]
     assert done.tolist() == [True, False, False]
     monkeypatch.setattr(stage_mod, "build_reward", real_build)
     counts = execute_shard("score", run.dir, 0, "hpsv2")
     assert counts["done"] == 2 and counts["skipped"] == 1
-    np.testing.assert_array_equal(run.store("r")["scores/hpsv2/value"][:3],
-                                  reference.store("r")["scores/hpsv2/value"][:3])
+    np.testing.assert_array_equal(run.store("r").scores("hpsv2").value[:3],
+                                  reference.store("r").scores("hpsv2").value[:3])
 
 
 def test_invalid_waiting_and_nonfinite_are_counted(tmp_path, monkeypatch):
@@ -149,12 +149,12 @@ def test_invalid_waiting_and_nonfinite_are_counted(tmp_path, monkeypatch):
     assert counts["done"] == 1 and counts["invalid"] == 1 and counts["waiting"] == 1
     assert counts["nonfinite"] == expected_nan
     store = run.store("r")
-    assert store["scores/clipscore/done"][:3].tolist() == [True, True, False]
-    assert np.isnan(store["scores/clipscore/value"][1]).all()  # invalid: done, no scores
+    assert store.scores("clipscore").done[:3].tolist() == [True, True, False]
+    assert np.isnan(store.scores("clipscore").value[1]).all()  # invalid: done, no scores
     assert run.task_records("score", "clipscore")[0]["nonfinite"] == expected_nan
     assert ScoreStage().pending_shards(run, "clipscore", {}) == [0, 1]
     ScoreStage().finalize(run, "clipscore", {})
-    assert dict(RunStore.open(run.dir, "r").root["scores/clipscore"].attrs)["nonfinite"] == expected_nan
+    assert dict(RunStore.open(run.dir, "r").scores("clipscore").attrs)["nonfinite"] == expected_nan
 
 
 def test_reward_in_its_own_interpreter_goes_through_the_worker(tmp_path):
@@ -164,9 +164,9 @@ def test_reward_in_its_own_interpreter_goes_through_the_worker(tmp_path):
     assert counts["done"] == 2 and counts["images"] == 2 * K
     (record,) = run.task_records("score", "brightness")
     assert record["shard"] == 1 and record["images"] == 2 * K and record["state"] == "done"
-    np.testing.assert_allclose(run.store("r")["scores/brightness/value"][3:], direct_scores(run, "brightness")[3:],
+    np.testing.assert_allclose(run.store("r").scores("brightness").value[3:], direct_scores(run, "brightness")[3:],
                                rtol=1e-6, atol=1e-6)
-    assert not run.store("r")["scores/brightness/done"][:3].any()  # the worker touched its own shard only
+    assert not run.store("r").scores("brightness").done[:3].any()  # the worker touched its own shard only
     bad = make_run(tmp_path / "bad", rewards=["brightness"], python=f"{sys.executable} -c 'raise SystemExit(3)'")
     with pytest.raises(RuntimeError, match="exited with 3"):
         execute_shard("score", bad.dir, 0, "brightness")

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import zarr
 
+from fyp.store import RunStore
 from hpc import ledger, local_slurm, slurm
 
 # One rerun for the cluster tests: they race a real scheduler and slurmdbd on a 2-core machine, and a
@@ -26,7 +26,8 @@ pytestmark = [pytest.mark.slurm, pytest.mark.timeout(1200), pytest.mark.flaky(re
 
 SMALL = ["--preset", "tiny", "--samples", "6", "--set", "data.resolution=32", "--set", "sampling.candidates=2",
          "--set", "sampling.batch_size=2"]
-COMPARED = ("candidates/image", "candidates/seed", "candidates/done", "samples/image", "samples/mask")
+COMPARED = (("candidates", "image"), ("candidates", "seed"), ("candidates", "done"), ("samples", "image"),
+            ("samples", "mask"))
 
 
 @pytest.fixture(scope="session")
@@ -50,15 +51,15 @@ def prepared(tmp: Path, name: str, shards: int) -> Path:
 
 
 def arrays(run: Path) -> dict:
-    group = zarr.open_group(run / "store.zarr", mode="r", use_consolidated=False)
-    return {name: group[name][:] for name in COMPARED}
+    store = RunStore.open(run, mode="r")
+    return {f"{part}.{name}": getattr(getattr(store, part), name)[:] for part, name in COMPARED}
 
 
 def assert_same_store(run: Path, reference: Path) -> None:
     got, want = arrays(run), arrays(reference)
-    for name in COMPARED:
+    for name in got:
         assert np.array_equal(got[name], want[name]), f"{name} differs from the uninterrupted run"
-    assert got["candidates/done"].all()
+    assert got["candidates.done"].all()
 
 
 def task_logs(run: Path, stage: str) -> list[Path]:
@@ -77,7 +78,7 @@ def test_array_with_throttle_finishes(reference):
     run, stdout = reference
     entries = [e for e in ledger.read(run) if e["stage"] == "sample" and e["kind"] == "tasks"]
     assert len(entries) == 1 and entries[0]["array"] == "0-2%2"
-    assert arrays(run)["candidates/done"].all()
+    assert arrays(run)["candidates.done"].all()
     # one log per task and attempt, named by shard, array job id, task id and restart count
     logs = task_logs(run, "sample")
     job = entries[0]["job_id"]
@@ -119,7 +120,7 @@ def test_faults_then_retry_failed_equal_uninterrupted(reference, tmp_path):
     # has one sample left, so it never reaches a 2nd and runs through.
     cli("sample", "--run", run, "--cluster", "slurm-local", env=dict(os.environ, FYP_SAMPLE_HOLD="images:2"))
     job = next(e["job_id"] for e in ledger.read(run) if e["stage"] == "sample" and e["kind"] == "tasks")
-    group = lambda: zarr.open_group(run / "store.zarr", mode="r", use_consolidated=False)
+    group = lambda: RunStore.open(run, mode="r")
 
     log1 = lambda: next((p for p in task_logs(run, "sample") if p.name.startswith("shard-00001")), None)
     actions = {
@@ -132,8 +133,8 @@ def test_faults_then_retry_failed_equal_uninterrupted(reference, tmp_path):
         store = group()
         for shard in list(actions):
             second = 2 * shard + 1
-            if store["candidates/image"][second].any():  # held: images written, done not yet
-                assert store["candidates/done"][2 * shard] and not store["candidates/done"][second]
+            if store.candidates.image[second].any():  # held: images written, done not yet
+                assert store.candidates.done[2 * shard] and not store.candidates.done[second]
                 actions.pop(shard)()
         time.sleep(0.2)
     assert not actions, "timed out waiting for the shards to reach their hold point"
@@ -168,7 +169,8 @@ def test_child_of_failed_parent_is_cancelled_and_status_says_why(cluster, tmp_pa
     cli("prepare", "--run", run, "--preset", "toy", "--samples", "4", "--shards", "2", "--create-only")
     # break the store behind the run's back: every prepare task fails writing samples/image
     import shutil
-    shutil.rmtree(run / "store.zarr" / "samples" / "image")
+    store = RunStore.open(run)
+    shutil.rmtree(store.block_file(store.samples.image, 0).parent)
     out = cli("pipeline", "--run", run, "--cluster", "slurm-local", "--wait", ok=False)
     assert out.returncode == 1, out.stdout + out.stderr
     # status never calls a shard done without evidence: its sample shards (empty store) are cancelled or,
@@ -221,9 +223,8 @@ def test_pipeline_runs_through_available_stages(pipeline_run):
         for row in labelled:
             # label samples pending queued running done failed cancelled unknown finalize
             assert row[2:5] == ["0", "0", "0"] and row[6:9] == ["0", "0", "0"] and row[9] == "done", report
-    group = zarr.open_group(run / "store.zarr", mode="r", use_consolidated=False)
-    assert group["candidates/done"][:].all()
-    assert (run / "eval/synthetic/ensemble/summary.csv").exists()
+    assert RunStore.open(run, mode="r").candidates.done[:].all()
+    assert (run / "eval" / "synthetic" / "ensemble" / "summary.csv").exists()
 
 
 def _preempt_training(run, job):

@@ -148,8 +148,8 @@ def study_run(tmp_path_factory):
 def test_study_page_records_blind_choices_resumes_and_agreement(study_run):
     run = study_run
     store = run.store("r")
-    bright = {m: store[f"eval/synthetic/{m}/metrics/brightness"][:] for m in ("baseline", "single")}
-    ids = [str(x) for x in store["eval/synthetic/baseline/id"][:]]
+    bright = {m: store.eval("synthetic", m).part("metrics")["brightness"][:] for m in ("baseline", "single")}
+    ids = [str(x) for x in store.eval("synthetic", "baseline")["id"][:]]
     browser = DevTools()
     server, url = _start_study(run.dir)
     clicks = []

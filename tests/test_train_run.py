@@ -88,7 +88,7 @@ def test_zero3_two_processes_match_one(single, base_run):
     """Two ranks share the latent cache's encoding (chunks of 3 pairs dealt round-robin) and build the
     reference as a partition-to-partition copy of the policy. The cache is bit-identical to one process
     encoding the same chunks; the losses match one process's to 1e-4."""
-    from fyp.dpo.data import build_cache, cache_group
+    from fyp.dpo.data import build_cache
     from fyp.models import build_pipeline
     from fyp.run import Run
 
@@ -108,30 +108,31 @@ def test_zero3_two_processes_match_one(single, base_run):
         build_cache(alone.store(), pipe, PAIRS, cfg.sampling.max_sequence_length, chunk=3)
     finally:
         torch.set_num_threads(threads)
-    ours, theirs, group = Run.open(run_dir).store(), alone.store(), cache_group(PAIRS)
-    assert ours.root[group].attrs["pairs"] > 6  # three chunks: ranks 0, 1, 0
+    ours, theirs = Run.open(run_dir).store().train_cache(PAIRS), alone.store().train_cache(PAIRS)
+    assert ours.attrs["pairs"] > 6  # three chunks: ranks 0, 1, 0
     for key in ("sample", "latent_w", "latent_l", "condition", "loss_mask", "prompt_embeds", "pooled", "margin"):
-        np.testing.assert_array_equal(ours[f"{group}/{key}"][:], theirs[f"{group}/{key}"][:], err_msg=key)
+        np.testing.assert_array_equal(ours[key][:], theirs[key][:], err_msg=key)
 
 
 def test_a_rank_failing_to_encode_stops_every_rank_with_its_error(base_run):
     """A corrupt sample image in the chunk rank 1 encodes: rank 1 raises the read error and rank 0 says
     which rank failed; neither waits at a barrier (gloo's timeout is 30 minutes). The cache is left
     incomplete, so the next run rebuilds it."""
-    from fyp.dpo.data import cache_group, read_pairs
+    from fyp.dpo.data import read_pairs
     from fyp.run import Run
 
     run_dir = _copy(base_run, "corrupt")
-    index = read_pairs(Run.open(run_dir).store(mode="r"), PAIRS)[0]
-    chunk = run_dir / "store.zarr" / "samples" / "image" / "c" / str(index[4]) / "0" / "0" / "0"
-    chunk.write_bytes(b"not zstd")  # pair 4: the second chunk of 3, rank 1's
+    store = Run.open(run_dir).store(mode="r")
+    index = read_pairs(store, PAIRS)[0]
+    # pair 4: the second chunk of 3, rank 1's (its block of samples holds no sample of rank 0's chunks)
+    store.block_file(store.samples.image, index[4]).write_bytes(b"not zstd")
     proc = _train(run_dir, *COMMON, "--set", "train.batch_size=1", "--set", "train.encode_batch=3", procs=2,
                   check=False)
     assert proc.returncode != 0
-    assert f"fyp.dpo.train: rank 1 failed while encoding pairs into train/{PAIRS}; see its log" in proc.stderr
-    assert f"cannot read samples/image[{index[4]}] (" in proc.stderr
+    assert f"fyp.dpo.train: rank 1 failed while encoding pairs into {store.train_cache(PAIRS)}; see its log" in proc.stderr
+    assert f"{store.samples.image.path} is damaged at sample {index[4]} (" in proc.stderr
     assert "fyp/dpo/data.py" not in proc.stderr  # one-line errors, no worker traceback (torchrun prints its own)
-    assert not Run.open(run_dir).store().root[cache_group(PAIRS)].attrs.get("complete", False)
+    assert not Run.open(run_dir).store().train_cache(PAIRS).attrs.get("complete", False)
 
 
 class _Planted:
@@ -229,8 +230,8 @@ def test_reference_loss_cache_gives_the_same_training(single, base_run):
     from fyp.run import Run
 
     store = Run.open(run_dir).store()
-    pairs = store.root[f"train/{PAIRS}"].attrs["pairs"]
-    assert store[f"train/{PAIRS}/ref_loss_w"].shape == (-(-STEPS * 2 // pairs), pairs)
+    pairs = store.train_cache(PAIRS).attrs["pairs"]
+    assert store.train_cache(PAIRS)["ref_loss_w"].shape == (-(-STEPS * 2 // pairs), pairs)
 
 
 def test_export_loads_in_flux_fill_pipeline_and_generates(single):
@@ -294,9 +295,9 @@ def test_margin_losses_train_end_to_end(base_run, loss):
     _train(run_dir, *COMMON, "--set", "train.batch_size=1", "--set", f"train.loss={loss}", pairs=loss)
 
     store = Run.open(run_dir).store(mode="r")
-    pairs_margin = store[f"pairs/{loss}/margin"][:]
-    margin = store[f"train/{loss}/margin"][:]  # the latent cache's copy, one per usable pair
-    np.testing.assert_array_equal(margin, pairs_margin[store[f"train/{loss}/sample"][:]])
+    pairs_margin = store.pairs(loss).margin[:]
+    margin = store.train_cache(loss)["margin"][:]  # the latent cache's copy, one per usable pair
+    np.testing.assert_array_equal(margin, pairs_margin[store.train_cache(loss)["sample"][:]])
     assert np.isfinite(margin).all() and (margin > 0).all()
     if loss == "caen":  # one reward, no ties: R_En(best) - R_En(worst) = 1 - 0
         np.testing.assert_allclose(margin, 1.0)
@@ -324,11 +325,13 @@ def test_margin_loss_without_margins_is_a_one_line_error(base_run, capsys):
     """loss=caen on pairs made without a margin (the single method): exit 2 and one line, before any
     process group or model is set up (so every rank of a multi-process run fails alike)."""
     from fyp.dpo.train import main
+    from fyp.run import Run
 
     assert main(["--run", str(base_run), "--pairs", PAIRS, "--set", "train.loss=caen"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("fyp.dpo.train: ") and "\n" not in err, err
-    assert "train.loss=caen needs target margins" in err and f"pairs/{PAIRS}" in err and "capo or caen" in err
+    pairs = str(Run.open(base_run).store(mode="r").pairs(PAIRS))
+    assert "train.loss=caen needs target margins" in err and pairs in err and "capo or caen" in err
     assert not (base_run / "train").exists()  # failed before encoding the latent cache
 
 

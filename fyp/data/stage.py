@@ -26,7 +26,6 @@ from .sample import reason_kind
 log = logging.getLogger("fyp.data")
 
 CACHE_DIR = "cache"  # <run>/cache: reader caches (the BrushData tar index)
-IMAGE_BLOCK = 64  # samples per image/mask write: bounds a task's memory; chunks are per sample
 
 
 def reader_for(run_dir: Path, cfg: RunConfig) -> Reader:
@@ -117,66 +116,75 @@ class PrepareStage(Stage):
         return create_run(run_dir, preset, overrides, samples, shards)
 
     def pending_shards(self, run: Run, variant: str | None, opts: dict) -> list[int]:
-        return run.store(mode="r").pending_shards("samples/done")
+        store = run.store(mode="r")
+        return store.pending_shards(store.samples.done)
 
     def progress(self, run: Run, variant: str | None, opts: dict) -> tuple[int, int]:
-        return run.store(mode="r").done_count("samples/done")
+        store = run.store(mode="r")
+        return store.done_count(store.samples.done)
 
     def run_shard(self, run: Run, shard: int, variant: str | None, opts: dict) -> dict:
         store = run.store()
+        samples = store.samples
         span = store.shard_slice(shard)
         count = span.stop - span.start
-        if count == 0 or store["samples/done"][span].all():
+        done = samples.done[span] if count else np.ones(0, bool)
+        if count == 0 or done.all():
             return dict(done=0, invalid=0, skipped=count)
         reader = reader_for(run.dir, run.config)
         if len(reader) < span.stop:
             raise RuntimeError(f"the {reader.kind} reader now has {len(reader)} samples but the run was prepared "
                                f"with {store.shape.n}; the data changed since prepare")
         res = store.shape.height
-        prompts, ids, reasons = [""] * count, [""] * count, [""] * count
-        valid = np.zeros(count, bool)
         kinds: collections.Counter = collections.Counter()
+        counts = dict(done=0, invalid=0, skipped=0)
         bar = tqdm(total=count, desc=f"prepare shard {shard}", file=sys.stderr, mininterval=5)
-        for block in range(span.start, span.stop, IMAGE_BLOCK):
-            stop = min(block + IMAGE_BLOCK, span.stop)
-            images = np.zeros((stop - block, res, res, 3), np.uint8)
-            masks = np.zeros((stop - block, res, res), np.uint8)
-            for index in range(block, stop):
-                sample, j = reader[index], index - span.start
+        for block in store.blocks(span):
+            size = block.stop - block.start
+            if done[block.start - span.start:block.stop - span.start].all():  # a block is done whole or not at all
+                counts["skipped"] += size
+                bar.update(size)
+                continue
+            images = np.zeros((size, res, res, 3), np.uint8)
+            masks = np.zeros((size, res, res), np.uint8)
+            prompts, ids, reasons = [""] * size, [""] * size, [""] * size
+            valid = np.zeros(size, bool)
+            for j, index in enumerate(range(block.start, block.stop)):
+                sample = reader[index]
                 if sample.image.shape != (res, res, 3) or sample.mask.shape != (res, res):
                     raise RuntimeError(f"{reader.kind} reader returned {sample.image.shape} / {sample.mask.shape} "
                                        f"for item {index}, expected {res}x{res}")
-                images[index - block], masks[index - block] = sample.image, sample.mask
+                images[j], masks[j] = sample.image, sample.mask
                 prompts[j], ids[j], valid[j], reasons[j] = sample.prompt, sample.id, sample.valid, sample.reason
                 if not sample.valid:
                     kinds[reason_kind(sample.reason)] += 1
                     log.info("prepare: sample %d (%s) is invalid: %s", index, sample.id, sample.reason)
                 bar.update(1)
-            store["samples/image"][block:stop] = images
-            store["samples/mask"][block:stop] = masks
+            # One write per array and block (each block is one file); done goes last.
+            samples.image[block] = images
+            samples.mask[block] = masks
+            samples.prompt[block] = np.array(prompts, dtype=object)
+            samples.id[block] = np.array(ids, dtype=object)
+            samples.reason[block] = np.array(reasons, dtype=object)
+            samples.valid[block] = valid
+            samples.done[block] = np.ones(size, bool)
+            counts["done"] += size
+            counts["invalid"] += int(size - valid.sum())
         bar.close()
-        # One assignment per 1-D array: the shard's chunk of each is written whole; done goes last.
-        store["samples/prompt"][span] = np.array(prompts, dtype=object)
-        store["samples/id"][span] = np.array(ids, dtype=object)
-        store["samples/reason"][span] = np.array(reasons, dtype=object)
-        store["samples/valid"][span] = valid
-        store["samples/done"][span] = np.ones(count, bool)
-        invalid = int(count - valid.sum())
-        if invalid:
-            log.info("prepare shard %d: %d invalid (%s)", shard, invalid,
+        if counts["invalid"]:
+            log.info("prepare shard %d: %d invalid (%s)", shard, counts["invalid"],
                      ", ".join(f"{k}={v}" for k, v in sorted(kinds.items())))
-        return dict(done=count, invalid=invalid, skipped=0)
+        return counts
 
     def finalize(self, run: Run, variant: str | None, opts: dict) -> None:
         """Summarise validity (counts by reason kind) in the `samples` group's attributes; consolidate."""
         store = run.store()
-        valid = store["samples/valid"][:]
-        done = store["samples/done"][:]
-        reasons = store["samples/reason"][:]
+        samples = store.samples
+        valid, done, reasons = samples.valid[:], samples.done[:], samples.reason[:]
         kinds = collections.Counter(reason_kind(str(r)) for r, ok, d in zip(reasons, valid, done) if d and not ok)
         summary = dict(done=int(done.sum()), valid=int((valid & done).sum()), invalid=int((~valid & done).sum()),
                        invalid_by_kind=dict(sorted(kinds.items())), data_kind=run.config.data.kind)
-        store.root.require_group("samples").attrs.update(summary)
+        samples.update_attrs(**summary)
         store.consolidate()
         log.info("prepare: %d done, %d valid, %d invalid %s", summary["done"], summary["valid"], summary["invalid"],
                  summary["invalid_by_kind"] or "")

@@ -43,10 +43,6 @@ class PairsError(RuntimeError):
     """The pairs to train on are missing or empty."""
 
 
-def cache_group(name: str) -> str:
-    return f"train/{name}"
-
-
 @dataclass
 class Batch:
     latent_w: torch.Tensor
@@ -60,21 +56,21 @@ class Batch:
 
 def read_pairs(store: RunStore, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]:
     """(sample index, winner k, loser k, margin) of the usable pairs of `pairs/<name>`, and its attrs."""
-    group = f"pairs/{name}"
-    if f"{group}/valid" not in store:
-        have = sorted(store.root["pairs"].group_keys()) if "pairs" in store else []
+    group = store.pairs(name)
+    if "valid" not in group:
+        have = store.pair_names()
         raise PairsError(f"the store has no pairs named {name!r} (has: {', '.join(have) or 'none'}); "
                          f"make them first (`python -m hpc.submit pairs --run <run> --method ... --name {name}`)")
-    valid = store[f"{group}/valid"][:].astype(bool)
-    if "samples/valid" in store:
-        valid &= store["samples/valid"][:].astype(bool)
-    winner, loser = store[f"{group}/winner"][:], store[f"{group}/loser"][:]
+    valid = group.valid[:].astype(bool)
+    if "valid" in store.samples:
+        valid &= store.samples.valid[:].astype(bool)
+    winner, loser = group.winner[:], group.loser[:]
     valid &= (winner >= 0) & (loser >= 0) & (winner != loser)
     index = np.flatnonzero(valid)
     if index.size == 0:
-        raise PairsError(f"pairs/{name} holds no usable pair; check the pairs stage's counts")
-    margin = store[f"{group}/margin"][:] if f"{group}/margin" in store else np.full(len(valid), np.nan, np.float32)
-    attrs = dict(store.root[group].attrs)
+        raise PairsError(f"{group} holds no usable pair; check the pairs stage's counts")
+    margin = group.margin[:] if "margin" in group else np.full(len(valid), np.nan, np.float32)
+    attrs = group.attrs
     return index, winner[index].astype(np.int64), loser[index].astype(np.int64), margin[index].astype(np.float32), attrs
 
 
@@ -95,16 +91,6 @@ def hole_at_latent(mask: np.ndarray, scale: int, mode: str = "any") -> np.ndarra
 
 class PeerFailed(RuntimeError):
     """Another rank failed (its own log holds the error); this rank stops too."""
-
-
-def _read(store: RunStore, array, key: str, index) -> np.ndarray:
-    """array[index], or a StoreError naming the array and the element (a damaged chunk, a lost file)."""
-    try:
-        return array[index]
-    except Exception as exc:  # noqa: BLE001 - zarr / codec errors have many types
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise StoreError(f"{store.path}: cannot read {key}[{index}] ({first}); that part of the store is damaged: "
-                         f"re-run the stage that wrote it") from None
 
 
 class _Alone:
@@ -138,38 +124,38 @@ def build_cache(store: RunStore, pipe, name: str, max_sequence_length: int, *, r
     """
     comm = comm or _Alone()
     index, winner, loser, margin, attrs = read_pairs(store, name)
-    group = cache_group(name)
+    group = store.train_cache(name)
     count = len(index)
     scale = pipe.vae_scale_factor
-    images, masks, prompts = store["candidates/image"], store["samples/mask"], store["samples/prompt"]
-    sample_images = store["samples/image"]
-    saved = store["candidates/latent"] if "candidates/latent" in store else None
+    images, masks, prompts = store.candidates.image, store.samples.mask, store.samples.prompt
+    sample_images = store.samples.image
+    saved = store.candidates.latent if "latent" in store.candidates else None
     arrays: dict = {}
 
     def put(key: str, start: int, value: torch.Tensor | np.ndarray) -> None:
         value = value.detach().float().cpu().numpy() if isinstance(value, torch.Tensor) else value
         if key not in arrays:
-            arrays[key] = store.create_array(f"{group}/{key}", shape=(count, *value.shape[1:]),
+            arrays[key] = group.create_array(key, shape=(count, *value.shape[1:]),
                                              chunks=(1, *value.shape[1:]), dtype=value.dtype, fill_value=0)
         arrays[key][start:start + len(value)] = value
 
     def encode(start: int) -> None:
         rows = slice(start, min(count, start + chunk))
         samples = [int(n) for n in index[rows]]
-        mask = np.stack([_read(store, masks, "samples/mask", n) for n in samples])
+        mask = np.stack([store.read_rows(masks, n) for n in samples])
         for key, side in (("latent_w", winner[rows]), ("latent_l", loser[rows])):
             if saved is not None:  # the sampler's own final latents: exactly what was decoded and scored
-                latents = torch.from_numpy(np.stack([_read(store, saved, "candidates/latent", (n, int(k)))
+                latents = torch.from_numpy(np.stack([store.read_rows(saved, n)[int(k)]
                                                      for n, k in zip(samples, side)]).astype(np.float32))
             else:
-                latents = encode_image_latents(pipe, np.stack([_read(store, images, "candidates/image", (n, int(k)))
+                latents = encode_image_latents(pipe, np.stack([store.read_rows(images, n)[int(k)]
                                                                for n, k in zip(samples, side)]))
             put(key, start, pack_latents(latents))
         # The condition comes from the original (masked) sample image, as when sampling.
-        source = np.stack([_read(store, sample_images, "samples/image", n) for n in samples])
+        source = np.stack([store.read_rows(sample_images, n) for n in samples])
         put("condition", start, encode_condition(pipe, source, mask))
         put("loss_mask", start, pack_latents(torch.from_numpy(hole_at_latent(mask, scale, mask_downsample))))
-        text = encode_prompt(pipe, [str(_read(store, prompts, "samples/prompt", n)) for n in samples],
+        text = encode_prompt(pipe, [str(store.read_rows(prompts, n)) for n in samples],
                              max_sequence_length)
         put("prompt_embeds", start, text.prompt_embeds)
         put("pooled", start, text.pooled)
@@ -181,8 +167,7 @@ def build_cache(store: RunStore, pipe, name: str, max_sequence_length: int, *, r
     error = None
     if rank == 0:
         try:
-            if group in store:
-                del store.root[group]  # an incomplete or stale cache: rebuild from scratch
+            group.delete()  # an incomplete or stale cache: rebuild from scratch
             encode(0)
             put("sample", 0, index)
             put("margin", 0, margin)
@@ -191,7 +176,7 @@ def build_cache(store: RunStore, pipe, name: str, max_sequence_length: int, *, r
     all_ok(comm, error, rank, f"creating {group}")
     bar.update(1)
     if rank != 0:
-        arrays.update({key: store[f"{group}/{key}"] for key in
+        arrays.update({key: group[key] for key in
                        ("latent_w", "latent_l", "condition", "loss_mask", "prompt_embeds", "pooled")})
     try:
         for start in mine:
@@ -203,9 +188,9 @@ def build_cache(store: RunStore, pipe, name: str, max_sequence_length: int, *, r
     all_ok(comm, error, rank, f"encoding pairs into {group}")
     if rank == 0:
         latent_hw = [store.shape.height // scale, store.shape.width // scale]
-        store.root[group].attrs.update(dict(pairs=count, method=attrs.get("method", name), latent_hw=latent_hw,
-                                            max_sequence_length=int(max_sequence_length),
-                                            mask_downsample=mask_downsample, complete=True))
+        group.update_attrs(pairs=count, method=attrs.get("method", name), latent_hw=latent_hw,
+                           max_sequence_length=int(max_sequence_length), mask_downsample=mask_downsample,
+                           complete=True)
     comm.barrier()
 
 
@@ -213,17 +198,17 @@ class PairData:
     """Random access to the encoded pairs (read from the store's cache arrays, row by row)."""
 
     def __init__(self, store: RunStore, name: str):
-        group = cache_group(name)
-        if group not in store or not store.root[group].attrs.get("complete", False):
+        group = store.train_cache(name)
+        if not group.attrs.get("complete", False):
             raise StoreError(f"{store.path} has no complete latent cache {group}; the train task builds it")
         self.name, self.store, self.group = name, store, group
-        attrs = dict(store.root[group].attrs)
+        attrs = group.attrs
         self.num_pairs = int(attrs["pairs"])
         self.latent_hw = tuple(attrs["latent_hw"])
-        self._arrays = {key: store[f"{group}/{key}"] for key in
+        self._arrays = {key: group[key] for key in
                         ("latent_w", "latent_l", "condition", "loss_mask", "prompt_embeds", "pooled")}
-        self.margin = torch.from_numpy(store[f"{group}/margin"][:])
-        self.samples = store[f"{group}/sample"][:]
+        self.margin = torch.from_numpy(group["margin"][:])
+        self.samples = group["sample"][:]
         self.latent_tokens = self._arrays["latent_w"].shape[1:]  # (L, 4C)
 
     def batch(self, rows: list[int], device, dtype) -> Batch:

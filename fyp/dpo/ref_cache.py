@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .data import PairData, cache_group
+from .data import PairData
 from .losses import denoising_loss
 
 
@@ -69,11 +69,11 @@ def load_or_build(store, data: PairData, model, objective, *, epochs: int, mask_
     `lockstep`: every rank makes the same number of forwards (needed when a forward is a collective, ZeRO-3).
     """
     key = cache_key(objective, mask_loss=mask_loss, normalize=normalize)
-    group = cache_group(data.name)
-    attrs = dict(store.root[group].attrs).get("ref_cache")
+    group = store.train_cache(data.name)
+    attrs = group.attrs.get("ref_cache")
     if attrs and {k: attrs.get(k) for k in key} == key and attrs.get("epochs", 0) >= epochs:
-        return RefLossCache(torch.from_numpy(store[f"{group}/ref_loss_w"][:epochs]),
-                            torch.from_numpy(store[f"{group}/ref_loss_l"][:epochs]))
+        return RefLossCache(torch.from_numpy(group["ref_loss_w"][:epochs]),
+                            torch.from_numpy(group["ref_loss_l"][:epochs]))
     num = data.num_pairs
     loss_w = torch.zeros(epochs, num, dtype=torch.float32)
     loss_l = torch.zeros(epochs, num, dtype=torch.float32)
@@ -91,11 +91,9 @@ def load_or_build(store, data: PairData, model, objective, *, epochs: int, mask_
     loss_w, loss_l = all_reduce(loss_w), all_reduce(loss_l)
     if rank == 0:
         for name, value in (("ref_loss_w", loss_w), ("ref_loss_l", loss_l)):
-            path = f"{group}/{name}"
-            if path in store:
-                del store.root[path]
-            store.create_array(path, shape=tuple(value.shape), chunks=tuple(value.shape), dtype=np.float32,
+            group.delete(name)
+            group.create_array(name, shape=tuple(value.shape), chunks=tuple(value.shape), dtype=np.float32,
                                fill_value=0)[:] = value.numpy()
-        store.root[group].attrs["ref_cache"] = dict(key, epochs=int(epochs))
+        group.update_attrs(ref_cache=dict(key, epochs=int(epochs)))
     barrier()
     return RefLossCache(loss_w, loss_l)

@@ -47,7 +47,7 @@ from ..run import Run, atomic_write_text
 from ..store import StoreError
 from . import launch
 from .checkpoints import Checkpoints, Layout, UntrustedCheckpoint
-from .data import PairData, PairsError, PeerFailed, cache_group, read_pairs
+from .data import PairData, PairsError, PeerFailed, read_pairs
 from .family import ModelFamily, Objective, model_family
 from .losses import MARGIN_KINDS, PreferenceTerms, loss_backend
 from .metrics import METRIC_NAMES, preference_metrics
@@ -327,16 +327,15 @@ def latent_cache(run: Run, cfg: RunConfig, family: ModelFamily, dist: Dist, fing
     """The encoded pairs: reused when the store holds a complete cache of the same pairs, else encoded
     once by the ranks (each a share of the chunks) with the frozen encoders, outside any zero.Init."""
     name, store = cfg.train.pairs, run.store()
-    group = cache_group(name)
-    cached = bool(group in store and store.root[group].attrs.get("complete") and
-                  store.root[group].attrs.get("fingerprint") == fingerprint)
+    group = store.train_cache(name)
+    cached = bool(group.attrs.get("complete") and group.attrs.get("fingerprint") == fingerprint)
     dist.barrier()  # every rank has read the cache's state before rank 0 may delete it
     if not cached:
         if dist.rank == 0:
             log.info("encoding pairs of %s into %s over %d process(es)", name, group, dist.world)
         family.encode_pairs(store, name, device=dist.device, rank=dist.rank, world=dist.world, comm=dist)
         if dist.rank == 0:
-            store.root[group].attrs["fingerprint"] = fingerprint
+            group.update_attrs(fingerprint=fingerprint)
     dist.barrier()
     return family.open_pairs(run.store(), name)
 

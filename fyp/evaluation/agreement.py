@@ -50,8 +50,8 @@ def outcome_stats(h: np.ndarray, d: np.ndarray) -> dict:
 def _scores(store, benchmark: str, model: str, metric: str, cache: dict) -> np.ndarray | None:
     key = (benchmark, model, metric)
     if key not in cache:
-        name = f"eval/{benchmark}/{model}/metrics/{metric}"
-        cache[key] = np.asarray(store[name][:], np.float64) if name in store else None
+        metrics = store.eval(benchmark, model).part("metrics")
+        cache[key] = np.asarray(metrics[metric][:], np.float64) if metric in metrics else None
     return cache[key]
 
 

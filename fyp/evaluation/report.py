@@ -77,12 +77,10 @@ def _eval_groups(run: Run) -> dict[str, dict[str, object]]:
     """{benchmark: {model: zarr group}} of the store's eval results."""
     store = run.store(mode="r")
     out: dict[str, dict[str, object]] = {}
-    if "eval" not in store:
-        return out
-    for bench, bench_group in store.root["eval"].groups():
-        for model, group in bench_group.groups():
-            if "image" in group:
-                out.setdefault(bench, {})[model] = group
+    for bench, model in store.eval_results():
+        group = store.eval(bench, model)
+        if "image" in group:
+            out.setdefault(bench, {})[model] = group
     return {b: dict(sorted(g.items(), key=lambda kv: model_order(g).index(kv[0]))) for b, g in sorted(out.items())}
 
 
@@ -127,7 +125,7 @@ def reward_distributions(run: Run, groups: dict) -> list[str]:
 
 def training_curves(run_dir: Path) -> list[str]:
     out = []
-    for path in sorted(run_dir.glob("train/*/metrics.csv")):
+    for path in sorted((run_dir / "train").glob("*/metrics.csv")):
         with path.open() as handle:
             rows = list(csv.DictReader(handle))
         if not rows:
@@ -173,7 +171,7 @@ def build_report(run_dir: Path | str, grid_items: int = 6) -> Path:
     parts.append("<h2>Reward distributions</h2><div class='figs'>" + "".join(reward_distributions(run, groups))
                  + "</div>")
     heatmaps = [_img(p.read_bytes(), f"agreement {p.parent.name}", f"reward agreement, pairs/{p.parent.name}")
-                for p in sorted(run.dir.glob("pairs/*/agreement.png"))]
+                for p in sorted((run.dir / "pairs").glob("*/agreement.png"))]
     parts.append("<h2>Reward agreement (pairs stage)</h2><div class='figs'>"
                  + ("".join(heatmaps) or "<p class='note'>no pairs-stage heatmap</p>") + "</div>")
     curves = training_curves(run.dir)
@@ -182,7 +180,7 @@ def build_report(run_dir: Path | str, grid_items: int = 6) -> Path:
     study = run.dir / "study" / "agreement.csv"
     if study.exists():
         parts.append("<h2>Agreement with people (A/B study)</h2>" + _csv_table(study))
-    scaling = sorted(run.dir.glob("eval/scaling/*.png"))
+    scaling = sorted((run.dir / "eval" / "scaling").glob("*.png"))
     if scaling:
         parts.append("<h2>Scaling</h2><div class='figs'>" + "".join(_img(p.read_bytes(), f"scaling {p.stem}", p.stem)
                                                                    for p in scaling) + "</div>")

@@ -18,7 +18,7 @@ from .tables import build_table, model_order, to_csv, to_markdown
 
 
 def variant_summaries(run_dir: Path | str) -> list[Path]:
-    return sorted(Path(run_dir).glob("eval/*/*/summary.csv"))
+    return sorted((Path(run_dir) / "eval").glob("*/*/summary.csv"))
 
 
 def collect_rows(run_dir: Path | str) -> list[dict]:

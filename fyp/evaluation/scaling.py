@@ -64,10 +64,10 @@ def candidate_steps(run: Run, scales: list[int], method: str | None = None) -> l
 def write_sample_subsets(run: Run, pairs: str, sizes: list[int], seed: int = 0) -> list[str]:
     """Create pairs/<pairs>-n<N> for each N (single writer: call from the submitting process only)."""
     store = run.store()
-    group = f"pairs/{pairs}"
-    if f"{group}/valid" not in store:
+    group = store.pairs(pairs)
+    if "valid" not in group:
         raise ValueError(f"{store.path} has no {group}; run the pairs stage first")
-    valid = np.asarray(store[f"{group}/valid"][:], bool)
+    valid = np.asarray(group.valid[:], bool)
     order = np.random.default_rng([seed, 7]).permutation(np.flatnonzero(valid))
     too_big = [n for n in sizes if n > order.size or n < 1]
     if too_big:
@@ -77,20 +77,21 @@ def write_sample_subsets(run: Run, pairs: str, sizes: list[int], seed: int = 0) 
         keep = np.zeros_like(valid)
         keep[order[:size]] = True
         name = f"{pairs}-n{size}"
+        subset = store.pairs(name)
         for key in ("winner", "loser", "margin"):
-            source = store[f"{group}/{key}"]
+            source = group[key]
             values = np.asarray(source[:])
             if key != "margin":
                 values = np.where(keep, values, -1).astype(values.dtype)
-            store.root.create_array(f"pairs/{name}/{key}", shape=source.shape, chunks=source.chunks, dtype=source.dtype,
+            subset.create_array(key, shape=source.shape, chunks=source.chunks, dtype=source.dtype,
                                     fill_value=source.fill_value, overwrite=True)[:] = values
-        arr = store.root.create_array(f"pairs/{name}/valid", shape=valid.shape, chunks=store[f"{group}/valid"].chunks,
+        arr = subset.create_array("valid", shape=valid.shape, chunks=group.valid.chunks,
                                       dtype="bool", fill_value=False, overwrite=True)
         arr[:] = keep
-        attrs = dict(store.root[group].attrs)
+        attrs = group.attrs
         attrs.update(subset_of=pairs, subset_size=int(size), subset_seed=int(seed))
-        store.root[f"pairs/{name}"].attrs.update(attrs)
-        arr.attrs.update(dict(store[f"{group}/valid"].attrs))
+        subset.update_attrs(**attrs)
+        arr.attrs.update(dict(group.valid.attrs))
         names.append(name)
     store.consolidate()
     return names

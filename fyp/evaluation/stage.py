@@ -324,11 +324,11 @@ def merge_parts(run: Run, ctx: Context) -> dict:
 
 def write_store(store, ctx: Context, merged: dict) -> None:
     """eval/<benchmark>/<model>/...: written by this single finalisation task only."""
-    base = f"eval/{ctx.target.benchmark}/{ctx.target.model.name}"
+    base = store.eval(ctx.target.benchmark, ctx.target.model.name)
     n, res = ctx.n, ctx.data.resolution
 
     def put(name, value, chunks, dtype, fill):
-        arr = store.root.create_array(f"{base}/{name}", shape=value.shape, chunks=chunks, dtype=dtype,
+        arr = base.create_array(name, shape=value.shape, chunks=chunks, dtype=dtype,
                                       fill_value=fill, overwrite=True)
         arr[...] = value
 
@@ -339,7 +339,7 @@ def write_store(store, ctx: Context, merged: dict) -> None:
     put("seed", merged["seeds"], (n,), "int64", -1)
     for metric, values in merged["metrics"].items():
         put(f"metrics/{metric}", values, (n,), "float32", float("nan"))
-    store.root[base].attrs.update(dict(
+    base.update_attrs(**dict(
         benchmark=ctx.target.benchmark, model=ctx.target.model.name,
         checkpoint=str(ctx.target.model.path) if ctx.target.model.path else None,
         data=dataclasses.asdict(ctx.data), items=n, valid=int(merged["valid"].sum()), not_generated=merged["missing"],

@@ -106,17 +106,17 @@ class Study:
         store = self.run.store(mode="r")
         groups = {}
         for model in (self.a, self.b):
-            name = f"eval/{self.benchmark}/{model}"
-            if f"{name}/image" not in store:
+            group = store.eval(self.benchmark, model)
+            if "image" not in group:
                 raise SystemExit(f"study: no eval results for {model} on {self.benchmark}; run `python -m hpc.submit "
                                  f"eval --run {self.run.dir} --benchmark {self.benchmark} --model {model}` first")
-            groups[model] = store.root[name]
+            groups[model] = group
         ga, gb = groups[self.a], groups[self.b]
         valid = np.asarray(ga["valid"][:], bool) & np.asarray(gb["valid"][:], bool)
         self.ids = [str(x) for x in ga["id"][:]]
         self.prompts = [str(x) for x in ga["prompt"][:]]
         self.images = {self.a: ga["image"], self.b: gb["image"]}
-        self.data = dict(ga.attrs)["data"]
+        self.data = ga.attrs["data"]
         order = np.random.default_rng([self.seed, 1]).permutation(np.flatnonzero(valid))
         self.order = [int(i) for i in order]
         self.lock = threading.Lock()

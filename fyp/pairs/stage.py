@@ -43,23 +43,22 @@ def _shard_list(shards: list[int]) -> str:
     return ", ".join(map(str, shards[:20])) + (f" and {len(shards) - 20} more" if len(shards) > 20 else "")
 
 
-def require_complete(store: RunStore, done_name: str, what: str, hint: str) -> None:
-    if done_name not in store:
-        raise PairsInputError(f"{what} has no {done_name} in {store.path}; {hint}")
-    pending = store.pending_shards(done_name)
+def require_complete(store: RunStore, done, what: str, hint: str) -> None:
+    pending = store.pending_shards(done)
     if pending:
-        done, total = store.done_count(done_name)
+        done, total = store.done_count(done)
         raise PairsInputError(f"{what} is incomplete: shard(s) {_shard_list(pending)} of {store.shape.shards} not done "
                               f"({done}/{total} samples); {hint}")
 
 
 def check_inputs(store: RunStore, plan: PairsPlan) -> None:
-    require_complete(store, "candidates/done", "candidates", "run the sample stage first")
+    require_complete(store, store.candidates.done, str(store.candidates), "run the sample stage first")
     for reward in plan.rewards:
-        if reward not in store.rewards or f"scores/{reward}/value" not in store:
+        scores = store.scores(reward)
+        if reward not in store.rewards or "value" not in scores:
             raise PairsInputError(f"reward {reward!r} has no scores in {store.path} (the run scores: "
                                   f"{', '.join(store.rewards) or 'none'}); score it first")
-        require_complete(store, f"scores/{reward}/done", f"scores/{reward}", f"run the score stage for {reward}")
+        require_complete(store, scores.done, str(scores), f"run the score stage for {reward}")
 
 
 def backend_for(plan: PairsPlan) -> str:
@@ -80,7 +79,7 @@ class PairsStage(Stage):
         Option("--method", dict(default=None, help="ensemble | filtered | linear | softmax | capo | caen | single | "
                                                    "random (default: the run's pairs.method)")),
         Option("--candidates", dict(type=int, default=None, help="k': pairs from the first k' candidates (default: all)")),
-        Option("--name", dict(default=None, help="pairs/<name> (default: the method, or the reward for single, "
+        Option("--name", dict(default=None, help="name of the pairs group (default: the method, or the reward for single, "
                                                  "plus -k<k'> when candidate scaling)")),
         Option("--ties", dict(default=None, help="min | average | dense (rank methods; default: pairs.ties)")),
         Option("--reward", dict(default=None, help="the reward model of --method single")),
@@ -106,10 +105,8 @@ class PairsStage(Stage):
         return resolve(run.config.pairs, opts, list(store.rewards), store.shape.k, run.config.model.kind)
 
     def _existing(self, store: RunStore, plan: PairsPlan) -> dict | None:
-        group = f"pairs/{plan.name}"
-        if group not in store:
-            return None
-        return dict(store[group].attrs)
+        pairs = store.pairs(plan.name)
+        return pairs.attrs if pairs.exists else None
 
     def pending_shards(self, run: Run, variant, opts: dict) -> list[int]:
         store = run.store(mode="r")
@@ -132,9 +129,10 @@ class PairsStage(Stage):
         check_inputs(store, plan)
         n, k_all = store.shape.n, store.shape.k
         k = plan.candidates
-        scores = np.stack([np.asarray(store[f"scores/{r}/value"][:], np.float32) for r in plan.rewards], axis=1) \
+        scores = np.stack([np.asarray(store.read_rows(store.scores(r).value, slice(None)), np.float32)
+                           for r in plan.rewards], axis=1) \
             if plan.rewards else np.empty((n, 0, k_all), np.float32)  # [N, M, K]
-        sample_valid = np.asarray(store["samples/valid"][:], bool)
+        sample_valid = np.asarray(store.samples.valid[:], bool)
         keep = scores[:, :, :k]
         nan_values = np.isnan(keep[sample_valid]).sum(axis=(0, 2))
         inf_values = np.isinf(keep[sample_valid]).sum(axis=(0, 2))
@@ -163,7 +161,7 @@ class PairsStage(Stage):
         reward_rows = [[r, left_out[r], int(a), int(b)] for r, a, b in zip(plan.rewards, nan_values, inf_values)]
         folder = run.dir / "pairs" / plan.name
         write_report(folder, summary, skipped, reward_rows, agreement_names, tau, tau_count)
-        self._print(plan, counts, left_out, nan_values, inf_values, agreement_names, tau, folder, backend)
+        self._print(str(store.pairs(plan.name)), plan, counts, left_out, nan_values, inf_values, agreement_names, tau, folder, backend)
         return {"done": n, "pairs": counts["pairs"], "skipped": n - counts["pairs"],
                 "nonfinite": int(nan_values.sum() + inf_values.sum())}
 
@@ -173,17 +171,17 @@ class PairsStage(Stage):
     # -- pieces ------------------------------------------------------------------------------------
     def _write_arrays(self, store: RunStore, plan: PairsPlan, winner, loser, margin, valid, counts, left_out):
         n, chunk = store.shape.n, store.shape.shard_size
-        group = f"pairs/{plan.name}"
+        group = store.pairs(plan.name)
         for name, data, fill in (("winner", winner, -1), ("loser", loser, -1), ("margin", margin, float("nan")),
                                  ("valid", valid, False)):
-            arr = store.create_array(f"{group}/{name}", shape=(n,), chunks=(chunk,), dtype=data.dtype,
+            arr = group.create_array(name, shape=(n,), chunks=(chunk,), dtype=data.dtype,
                                      fill_value=fill, overwrite=True)
             arr[:] = data
         attrs = dict(method=plan.method, rewards=list(plan.rewards), weights=list(plan.weights), ties=plan.ties,
                      seed=plan.seed, candidates=plan.candidates, temperature=plan.temperature, reward=plan.reward,
                      counts=counts, left_out=left_out, plan=plan.provenance())
-        store[f"{group}/valid"].attrs.update(attrs)
-        store[group].attrs.update(dict(attrs, complete=True))  # last: marks the group done
+        group.valid.attrs.update(attrs)
+        group.update_attrs(**attrs, complete=True)  # last: marks the group done
         store.consolidate()
 
     @staticmethod
@@ -191,8 +189,8 @@ class PairsStage(Stage):
         rows = np.flatnonzero(status != 0)
         if rows.size == 0:
             return []
-        ids = np.asarray(store["samples/id"][:])
-        reasons = np.asarray(store["samples/reason"][:])
+        ids = np.asarray(store.samples.id[:])
+        reasons = np.asarray(store.samples.reason[:])
         out = []
         for i in rows:
             reason = REASONS[int(status[i])]
@@ -207,16 +205,17 @@ class PairsStage(Stage):
     @staticmethod
     def _agreement(store: RunStore, plan: PairsPlan, sample_valid, k: int):
         """Kendall tau between every reward the run has fully scored (over valid samples, first k')."""
-        names = [r for r in store.rewards if f"scores/{r}/done" in store and not store.pending_shards(f"scores/{r}/done")]
+        names = [r for r in store.rewards if "done" in store.scores(r) and not store.pending_shards(store.scores(r).done)]
         if not names:
             return [], np.zeros((0, 0)), np.zeros((0, 0))
-        scores = np.stack([np.asarray(store[f"scores/{r}/value"][:], np.float32) for r in names], axis=1)
+        scores = np.stack([np.asarray(store.read_rows(store.scores(r).value, slice(None)), np.float32) for r in names],
+                          axis=1)
         tau, count = kendall_tau_matrix(scores[sample_valid][:, :, :k])
         return names, tau, count
 
     @staticmethod
-    def _print(plan, counts, left_out, nan_values, inf_values, names, tau, folder, backend) -> None:
-        lines = [f"pairs/{plan.name}: method {plan.method} ({plan.mode}), {plan.candidates} candidates, "
+    def _print(label, plan, counts, left_out, nan_values, inf_values, names, tau, folder, backend) -> None:
+        lines = [f"{label}: method {plan.method} ({plan.mode}), {plan.candidates} candidates, "
                  f"seed {plan.seed}, backend {backend}",
                  "  " + ", ".join(f"{key}: {value}" for key, value in counts.items())]
         if plan.rewards:

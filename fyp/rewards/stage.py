@@ -1,9 +1,10 @@
 """The score stage: every reward model scores every candidate of its shard.
 
-One variant (array job) per reward. A task reads its shard's candidates (samples whose `candidates/done` is
-set), scores them in groups of whole samples (about `batch_size` images per call), and after each group writes
-the shard's slice of `scores/<reward>/value` and then of `scores/<reward>/done` (the done mask last, so a
-killed task never marks an unscored sample done). Re-runs skip done samples; the models are deterministic, so a
+One variant (array job) per reward. A task reads its shard's candidates (samples whose candidates are
+done), scores them in groups of whole samples (about `batch_size` images per call), and writes each store
+block (fyp.store) of the reward's values and then of its done mask once every sample of the block it has
+to score is scored (the done mask last, so a killed task never marks an unscored sample done; a kill loses
+at most the unfinished block). Each block is written once: the write cost is linear in the shard. Re-runs skip done samples; the models are deterministic, so a
 killed task re-run gives the same scores. A reward that sets `accepts_masks` also gets the samples' masks
 (`masks=`, uint8 [B,H,W], 1 = hole). Invalid samples (samples/valid False) are marked done with NaN
 scores. Non-finite scores are counted per task (`nonfinite=` in the task record, which `status` shows) and per
@@ -27,6 +28,7 @@ import torch
 
 from ..config import RewardSpec
 from ..run import Run
+from ..store import BlockWriter
 from ..stages import Option, Stage
 from .registry import accepts as reward_accepts
 from .registry import build as build_reward
@@ -39,21 +41,26 @@ def score_shard(run: Run, shard: int, spec: RewardSpec) -> dict:
     """Score one shard with one reward, in this process."""
     store = run.store()
     name = spec.name
-    value_arr, done_arr = store[f"scores/{name}/value"], store[f"scores/{name}/done"]
+    scores_part, samples = store.scores(name), store.samples
+    value_arr, done_arr = scores_part.value, scores_part.done
     sl = store.shard_slice(shard)
     k = store.shape.k
     done = np.asarray(done_arr[sl], dtype=bool).copy()
     values = np.asarray(value_arr[sl], dtype=np.float32).copy()
-    ready = np.asarray(store["candidates/done"][sl], dtype=bool)
-    valid = np.asarray(store["samples/valid"][sl], dtype=bool)
+    ready = np.asarray(store.candidates.done[sl], dtype=bool)
+    valid = np.zeros(sl.stop - sl.start, bool)  # of sampled rows only: their blocks are prepared, so missing = damage
+    valid[ready] = store.read_rows(samples.valid, np.flatnonzero(ready) + sl.start)
     invalid = ready & ~valid & ~done
     todo = np.flatnonzero(ready & valid & ~done)
     counts = dict(done=0, images=0, skipped=int(done.sum()), invalid=int(invalid.sum()),
                   waiting=int((~ready & ~done).sum()), nonfinite=0, failures=0)
-    if invalid.any():
-        done |= invalid
-        value_arr[sl] = values
-        done_arr[sl] = done
+    # Each block of values and done flags is written once, when its last sample to score is scored
+    # (values first, done mask last: a kill in between only repeats that block's work).
+    to_score = np.zeros(sl.stop - sl.start, bool)
+    to_score[todo] = True
+    done |= invalid
+    writer = BlockWriter(store, sl, [value_arr, done_arr], [values, done], to_score, touched=invalid)
+    writer.finish()  # blocks with invalid samples only
     if todo.size == 0:
         return counts
 
@@ -62,23 +69,23 @@ def score_shard(run: Run, shard: int, spec: RewardSpec) -> dict:
         options["batch_size"] = spec.batch_size  # the model's micro-batch = the stage's call size
     model = build_reward(name, tiny=spec.tiny, pretrained=spec.pretrained, device=spec.device, dtype=spec.dtype,
                          **options)
-    prompts = np.asarray(store["samples/prompt"][sl])
+    prompts = np.full(sl.stop - sl.start, "", dtype=object)
+    prompts[todo] = store.read_rows(samples.prompt, todo + sl.start)  # prepared rows: a lost block is damage
     per_call = max(1, spec.batch_size // k)
     start_time = time.time()
     for first in range(0, todo.size, per_call):
         local = todo[first:first + per_call]
-        images = np.asarray(store["candidates/image"].oindex[local + sl.start])  # [n,K,H,W,3], read once
+        images = store.read_rows(store.candidates.image, local + sl.start)  # [n,K,H,W,3], read once
         flat = torch.from_numpy(images.reshape(-1, *images.shape[2:]))
         flat_prompts = [str(p) for p in np.repeat(prompts[local], k)]
         extra = {}
         if getattr(model, "accepts_masks", False):  # e.g. brightness scores the hole only
-            masks = np.asarray(store["samples/mask"].oindex[local + sl.start])
+            masks = store.read_rows(samples.mask, local + sl.start)
             extra["masks"] = torch.from_numpy(np.repeat(masks, k, axis=0))
         scores = model.score(flat, flat_prompts, **extra).numpy().astype(np.float32).reshape(len(local), k)
         values[local] = scores
         done[local] = True
-        value_arr[sl] = values  # values first, done mask last: a kill in between only repeats work
-        done_arr[sl] = done
+        writer.finish(local)
         counts["done"] += len(local)
         counts["images"] += scores.size
         counts["nonfinite"] += int((~np.isfinite(scores)).sum())
@@ -132,7 +139,8 @@ class ScoreStage(Stage):
         return variant
 
     def pending_shards(self, run: Run, variant: str | None, opts: dict) -> list[int]:
-        return run.store("r").pending_shards(f"scores/{self._reward(variant)}/done")
+        store = run.store("r")
+        return store.pending_shards(store.scores(self._reward(variant)).done)
 
     def run_shard(self, run: Run, shard: int, variant: str | None, opts: dict) -> dict:
         spec = run.config.reward(self._reward(variant))
@@ -143,19 +151,20 @@ class ScoreStage(Stage):
     def finalize(self, run: Run, variant: str | None, opts: dict) -> None:
         reward = self._reward(variant)
         store = run.store()
-        done = np.asarray(store[f"scores/{reward}/done"][:], dtype=bool)
-        values = np.asarray(store[f"scores/{reward}/value"][:])
-        valid = np.asarray(store["samples/valid"][:], dtype=bool)
+        scores = store.scores(reward)
+        done = np.asarray(scores.done[:], dtype=bool)
+        values = np.asarray(scores.value[:])
+        valid = np.asarray(store.samples.valid[:], dtype=bool)
         scored = values[done & valid]
-        store.root[f"scores/{reward}"].attrs.update(
-            dict(done=int(done.sum()), total=int(done.size), nonfinite=int((~np.isfinite(scored)).sum())))
+        scores.update_attrs(done=int(done.sum()), total=int(done.size), nonfinite=int((~np.isfinite(scored)).sum()))
         store.consolidate()
 
     def progress(self, run: Run, variant: str | None, opts: dict) -> tuple[int, int]:
-        return run.store("r").done_count(f"scores/{self._reward(variant)}/done")
+        store = run.store("r")
+        return store.done_count(store.scores(self._reward(variant)).done)
 
     def report(self, run: Run, variant: str | None) -> dict:
         """{done, total, nonfinite} that `finalize` wrote into the reward's group attrs."""
         if not variant:
             return {}
-        return dict(run.store("r").root[f"scores/{variant}"].attrs)
+        return dict(run.store("r").scores(variant).attrs)
