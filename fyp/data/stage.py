@@ -17,6 +17,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..config import ConfigError, RunConfig, load_preset
+from ..hold import HoldPoints, hold_point
 from ..run import CONFIG_NAME, Run
 from ..stages import Stage
 from ..store import STORE_NAME, RunStore, Shape
@@ -129,12 +130,15 @@ class PrepareStage(Stage):
             store["samples/image"][block:stop] = images
             store["samples/mask"][block:stop] = masks
         bar.close()
+        hold = HoldPoints(run.dir, shard)
+        hold.reached("prepare.images")
         # One assignment per 1-D array: the shard's chunk of each is written whole; done goes last.
         store["samples/prompt"][span] = np.array(prompts, dtype=object)
         store["samples/id"][span] = np.array(ids, dtype=object)
         store["samples/reason"][span] = np.array(reasons, dtype=object)
         store["samples/valid"][span] = valid
         store["samples/done"][span] = np.ones(count, bool)
+        hold.reached("prepare.done")
         invalid = int(count - valid.sum())
         if invalid:
             log.info("prepare shard %d: %d invalid (%s)", shard, invalid,
@@ -151,6 +155,7 @@ class PrepareStage(Stage):
         summary = dict(done=int(done.sum()), valid=int((valid & done).sum()), invalid=int((~valid & done).sum()),
                        invalid_by_kind=dict(sorted(kinds.items())), data_kind=run.config.data.kind)
         store.root.require_group("samples").attrs.update(summary)
+        hold_point(run.dir, "prepare.finalize")  # before the finalised marker (hpc.task writes it after this)
         store.consolidate()
         log.info("prepare: %d done, %d valid, %d invalid %s", summary["done"], summary["valid"], summary["invalid"],
                  summary["invalid_by_kind"] or "")

@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from ..config import ConfigError, RunConfig, TrainConfig, _merge, from_dict, parse_override
+from ..hold import hold_point
 from ..run import Run, atomic_write_text
 from ..store import StoreError
 from . import launch
@@ -566,6 +567,7 @@ def train(run_dir: Path | str, pairs: str | None = None, *, steps: int | None = 
             dist.barrier()
         result = TrainResult(name, tcfg.steps, start, time.time() - begin, last, exported)
         if rank == 0:
+            hold_point(run.dir, "train.export")  # exported, done.json not yet
             atomic_write_text(out / "done.json", json.dumps(asdict(result), indent=1))
         return result
     finally:

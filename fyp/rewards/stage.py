@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from ..config import RewardSpec
+from ..hold import hold_point
 from ..run import Run
 from ..stages import Option, Stage
 from .registry import accepts as reward_accepts
@@ -149,6 +150,7 @@ class ScoreStage(Stage):
         scored = values[done & valid]
         store.root[f"scores/{reward}"].attrs.update(
             dict(done=int(done.sum()), total=int(done.size), nonfinite=int((~np.isfinite(scored)).sum())))
+        hold_point(run.dir, "score.finalize")  # before the finalised marker (hpc.task writes it after this)
         store.consolidate()
 
     def progress(self, run: Run, variant: str | None, opts: dict) -> tuple[int, int]:
