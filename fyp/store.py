@@ -186,3 +186,19 @@ class RunStore:
 
     def consolidate(self) -> None:
         zarr.consolidate_metadata(self.path)
+
+
+# -- path helpers of the pairs stage (writes engineer; to merge with the layout's named accessors) ------
+def score_values_path(reward: str) -> str:
+    """The [N, K] float32 scores of one reward."""
+    return f"scores/{reward}/value"
+
+
+def score_done_path(reward: str) -> str:
+    """The [N] bool done mask of one reward's scores."""
+    return f"scores/{reward}/done"
+
+
+def pairs_group_path(name: str) -> str:
+    """The group of one pairs selection (winner, loser, margin, valid; its attrs carry the done mark)."""
+    return f"pairs/{name}"

@@ -33,7 +33,7 @@ from ..ensemble import AGREEMENT_SAMPLES, agreement_subset, kendall_tau_matrix, 
 from ..hold import HoldPoints
 from ..run import Run
 from ..stages import Option, Stage
-from ..store import RunStore, StoreError
+from ..store import RunStore, StoreError, pairs_group_path, score_done_path, score_values_path
 from .plan import PairsOptionError, PairsPlan, resolve
 from .report import write_report
 
@@ -63,10 +63,10 @@ def require_complete(store: RunStore, done_name: str, what: str, hint: str) -> N
 def check_inputs(store: RunStore, plan: PairsPlan) -> None:
     require_complete(store, "candidates/done", "candidates", "run the sample stage first")
     for reward in plan.rewards:
-        if reward not in store.rewards or f"scores/{reward}/value" not in store:
+        if reward not in store.rewards or score_values_path(reward) not in store:
             raise PairsInputError(f"reward {reward!r} has no scores in {store.path} (the run scores: "
                                   f"{', '.join(store.rewards) or 'none'}); score it first")
-        require_complete(store, f"scores/{reward}/done", f"scores/{reward}", f"run the score stage for {reward}")
+        require_complete(store, score_done_path(reward), f"scores/{reward}", f"run the score stage for {reward}")
 
 
 def backend_for(plan: PairsPlan) -> str:
@@ -84,7 +84,7 @@ def read_scores(store: RunStore, rewards, n: int, k: int) -> np.ndarray:
     """scores [N, M, K] float32 of `rewards`, filled one reward at a time (no stacked copy)."""
     out = np.empty((n, len(rewards), k), np.float32)
     for j, reward in enumerate(rewards):
-        out[:, j, :] = store[f"scores/{reward}/value"][:]
+        out[:, j, :] = store[score_values_path(reward)][:]
     return out
 
 
@@ -145,7 +145,7 @@ class PairsStage(Stage):
         return resolve(run.config.pairs, opts, list(store.rewards), store.shape.k, run.config.model.kind)
 
     def _existing(self, store: RunStore, plan: PairsPlan) -> dict | None:
-        group = f"pairs/{plan.name}"
+        group = pairs_group_path(plan.name)
         if group not in store:
             return None
         return dict(store[group].attrs)
@@ -213,6 +213,7 @@ class PairsStage(Stage):
         hold.reached("pairs.complete")
         self._print(plan, counts, left_out, nan_values, inf_values, agreement_names, tau, folder, backend)
         log.info("pairs/%s timings: %s", plan.name, timer)
+        self.last_timings = dict(timer.laps)  # seconds per phase (benchmarks/cpu/pairs_stage.py)
         return {"done": n, "pairs": counts["pairs"], "skipped": n - counts["pairs"],
                 "nonfinite": int(nan_values.sum() + inf_values.sum())}
 
@@ -222,7 +223,7 @@ class PairsStage(Stage):
     # -- pieces ------------------------------------------------------------------------------------
     def _write_arrays(self, store: RunStore, plan: PairsPlan, winner, loser, margin, valid, counts, left_out):
         n, chunk = store.shape.n, store.shape.shard_size
-        group = f"pairs/{plan.name}"
+        group = pairs_group_path(plan.name)
         if group in store:  # a rerun: drop the old done mark before anything of the group changes
             store[group].attrs.update(dict(complete=False))
         for name, data, fill in (("winner", winner, -1), ("loser", loser, -1), ("margin", margin, float("nan")),
@@ -240,7 +241,7 @@ class PairsStage(Stage):
 
     def _mark_complete(self, store: RunStore, plan: PairsPlan, counts, left_out) -> None:
         """The group's done mark: written after its arrays and its report files (pending_shards reads it)."""
-        store[f"pairs/{plan.name}"].attrs.update(dict(self._attrs(plan, counts, left_out), complete=True))
+        store[pairs_group_path(plan.name)].attrs.update(dict(self._attrs(plan, counts, left_out), complete=True))
         store.consolidate()
 
     @staticmethod
@@ -266,7 +267,7 @@ class PairsStage(Stage):
         """Kendall tau between every reward the run has fully scored, over a seeded subset of at most
         AGREEMENT_SAMPLES valid samples (all when fewer; fyp.ensemble.agreement), first k' candidates.
         The plan's rewards come from the scores already read; only the others are read for it."""
-        names = [r for r in store.rewards if f"scores/{r}/done" in store and not store.pending_shards(f"scores/{r}/done")]
+        names = [r for r in store.rewards if score_done_path(r) in store and not store.pending_shards(score_done_path(r))]
         if not names:
             return [], np.zeros((0, 0)), np.zeros((0, 0)), 0
         rows = agreement_subset(np.flatnonzero(sample_valid), AGREEMENT_SAMPLES, plan.seed)
@@ -275,7 +276,7 @@ class PairsStage(Stage):
             if r in plan.rewards:
                 columns.append(scores[rows, list(plan.rewards).index(r), :k])
             else:
-                columns.append(np.asarray(store[f"scores/{r}/value"].oindex[rows, :k], np.float32))
+                columns.append(np.asarray(store[score_values_path(r)].oindex[rows, :k], np.float32))
         tau, count = kendall_tau_matrix(np.stack(columns, axis=1))
         return names, tau, count, int(rows.size)
 
