@@ -237,3 +237,23 @@ def test_cpp_backend_writes_the_same_pairs(run):
         np.testing.assert_array_equal(store.pairs("cpp")[field][:], store.pairs("ref")[field][:])
     np.testing.assert_allclose(store.pairs("cpp").margin[:], store.pairs("ref").margin[:], atol=1e-6)
     assert json.loads((run.dir / "pairs" / "cpp" / "summary.json").read_text())["backend"] == "cpp"
+
+
+def test_agreement_over_a_seeded_subset_when_the_run_is_larger(run, monkeypatch):
+    """Above AGREEMENT_SAMPLES valid samples the report's tau is the mean over a seeded subset (recorded)."""
+    import fyp.pairs.stage as pairs_stage
+
+    monkeypatch.setattr(pairs_stage, "AGREEMENT_SAMPLES", 8)
+    PairsStage().run_shard(run, 0, None, opts(backend="reference", seed=3))
+    folder = run.dir / "pairs" / "ensemble"
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["agreement_samples"] == {"used": 8, "of": N - 1, "limit": 8, "seed": 3}
+    keep = np.flatnonzero(np.arange(N) != INVALID)
+    rows = ens.agreement_subset(keep, 8, 3)
+    assert rows.size == 8 and len(set(rows)) == 8 and set(rows) <= set(keep)
+    assert np.array_equal(rows, ens.agreement_subset(keep, 8, 3))  # seeded: the same subset again
+    assert not np.array_equal(rows, ens.agreement_subset(keep, 8, 4))
+    tau, _ = ens.kendall_tau_matrix(read_scores(run, run.config.reward_names)[rows])
+    table = np.array([[float(x) if x else np.nan for x in row[1:]]
+                      for row in list(csv.reader((folder / "agreement.csv").open()))[1:]])
+    np.testing.assert_allclose(table, tau, atol=1e-6)

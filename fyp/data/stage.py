@@ -16,6 +16,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..config import ConfigError, RunConfig, differences, load_preset, merge
+from ..hold import HoldPoints, hold_point
 from ..run import CONFIG_NAME, Run
 from ..stages import Stage
 from ..store import STORE_NAME, RunStore, Shape
@@ -139,6 +140,7 @@ class PrepareStage(Stage):
         kinds: collections.Counter = collections.Counter()
         counts = dict(done=0, invalid=0, skipped=0)
         bar = tqdm(total=count, desc=f"prepare shard {shard}", file=sys.stderr, mininterval=5)
+        hold = HoldPoints(run.dir, shard)
         for block in store.blocks(span):
             size = block.stop - block.start
             if done[block.start - span.start:block.stop - span.start].all():  # a block is done whole or not at all
@@ -163,11 +165,13 @@ class PrepareStage(Stage):
             # One write per array and block (each block is one file); done goes last.
             samples.image[block] = images
             samples.mask[block] = masks
+            hold.reached("prepare.images")
             samples.prompt[block] = np.array(prompts, dtype=object)
             samples.id[block] = np.array(ids, dtype=object)
             samples.reason[block] = np.array(reasons, dtype=object)
             samples.valid[block] = valid
             samples.done[block] = np.ones(size, bool)
+            hold.reached("prepare.done")
             counts["done"] += size
             counts["invalid"] += int(size - valid.sum())
         bar.close()
@@ -185,6 +189,7 @@ class PrepareStage(Stage):
         summary = dict(done=int(done.sum()), valid=int((valid & done).sum()), invalid=int((~valid & done).sum()),
                        invalid_by_kind=dict(sorted(kinds.items())), data_kind=run.config.data.kind)
         samples.update_attrs(**summary)
+        hold_point(run.dir, "prepare.finalize")  # before the finalised marker (hpc.task writes it after this)
         store.consolidate()
         log.info("prepare: %d done, %d valid, %d invalid %s", summary["done"], summary["valid"], summary["invalid"],
                  summary["invalid_by_kind"] or "")

@@ -43,6 +43,7 @@ import numpy as np
 import torch
 
 from ..config import ConfigError, RunConfig, TrainConfig, check, from_dict, merge, parse_overrides
+from ..hold import hold_point
 from ..run import Run, atomic_write_text
 from ..store import StoreError
 from . import launch
@@ -578,6 +579,7 @@ def train(run_dir: Path | str, pairs: str | None = None, *, steps: int | None = 
         metrics_log.close()
         result = TrainResult(cfg.train.pairs, cfg.train.steps, t.start, time.time() - begin, last, export(t, run))
         if dist.rank == 0:
+            hold_point(run.dir, "train.export")  # exported, done.json not yet
             atomic_write_text(t.out / "done.json", json.dumps(asdict(result), indent=1))
         return result
     finally:

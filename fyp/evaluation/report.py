@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..hold import hold_point
 from ..run import Run, atomic_write_text
 from ..stages import Option, Stage
 from . import plots
@@ -187,6 +188,7 @@ def build_report(run_dir: Path | str, grid_items: int = 6) -> Path:
     page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>FYP report</title><style>{CSS}</style>"
             f"</head><body>{''.join(parts)}</body></html>")
     path = run.dir / REPORT_NAME
+    hold_point(run.dir, "report.page")  # plots and tables written, the page not yet
     atomic_write_text(path, page)
     log.info("report: wrote %s (%d kB)", path, len(page) // 1024)
     return path

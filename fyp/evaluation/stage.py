@@ -31,6 +31,7 @@ import time
 import numpy as np
 from tqdm import tqdm
 
+from ..hold import hold_point
 from ..run import Run, atomic_write_text
 from ..stages import Option, Stage
 from ..store import shard_bounds
@@ -272,6 +273,7 @@ class EvalStage(Stage):
                 values[name] = full
             failures, reasons = metrics.failures, metrics.reasons
         parts.write_metrics(ctx.folder, shard, indices, values, failures, reasons, info)
+        hold_point(run.dir, "eval.metrics", shard)
         return int(sum(failures.values()))
 
     # -- finalisation -------------------------------------------------------------------------------
@@ -280,7 +282,9 @@ class EvalStage(Stage):
         merged = merge_parts(run, ctx)
         store = run.store()
         write_store(store, ctx, merged)
+        hold_point(run.dir, "eval.store")
         write_variant_files(run, ctx, merged)
+        hold_point(run.dir, "eval.files")  # before the finalised marker (hpc.task writes it after this)
         rebuild_run_outputs(run.dir)
         store.consolidate()
         log.info("eval %s: %d items, %d valid, %d not generated; metrics: %s", ctx.target.variant, ctx.n,

@@ -8,7 +8,13 @@ fyp.ensemble.select_pairs, and writes the four arrays with provenance attributes
 weights, ties, seed, candidates, counts) on the `pairs/<name>` group and its `valid` array. Being a
 single task it creates those arrays itself (overwriting an earlier pairs/<name>) and consolidates the
 store's metadata. Report files (counts, skipped samples, reward agreement) go to <run>/pairs/<name>/,
-see fyp.pairs.report.
+see fyp.pairs.report; the agreement is over a seeded subset of at most 20,000 valid samples
+(fyp.ensemble.agreement).
+
+Write order (what makes a SIGKILL at any point harmless): the group's old done mark is cleared, then
+arrays -> report files -> `complete` on the group (the done mark pending_shards reads) -> consolidate.
+A kill before the mark leaves the stage pending, and the re-run rewrites everything with the same bits.
+Test hook points (fyp.hold): pairs.arrays, pairs.report, pairs.complete.
 
 Non-finite scores (NaN, +-inf) are missing: a reward with one for a sample is left out of that sample;
 a sample with no usable reward, whose candidates all tie, or that prepare marked invalid gets no pair
@@ -19,11 +25,13 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import time
 
 import numpy as np
 
 from ..config import PairsMethod, RewardName, Ties, coerce
-from ..ensemble import kendall_tau_matrix, pairs_from_plan
+from ..ensemble import AGREEMENT_SAMPLES, agreement_subset, kendall_tau_matrix, pairs_from_plan
+from ..hold import HoldPoints
 from ..run import Run
 from ..stages import Option, Stage
 from ..store import RunStore, StoreError
@@ -70,6 +78,45 @@ def backend_for(plan: PairsPlan) -> str:
         return "cpp"
     log.info("pairs: no C++ compiler (%s), using the PyTorch reference", compiler)
     return "reference"
+
+
+def read_scores(store: RunStore, rewards, n: int, k: int) -> np.ndarray:
+    """scores [N, M, K] float32 of `rewards`, filled one reward at a time (no stacked copy)."""
+    out = np.empty((n, len(rewards), k), np.float32)
+    for j, reward in enumerate(rewards):
+        out[:, j, :] = store.read_rows(store.scores(reward).value, slice(None))
+    return out
+
+
+def _nonfinite_counts(scores, sample_valid, k: int, rewards):
+    """Per reward over valid samples and the first k candidates: NaN values, inf values, samples left out
+    (any non-finite score). One reward's [N, k] slice at a time: no copy of the whole array."""
+    nan_values = np.zeros(len(rewards), np.int64)
+    inf_values = np.zeros(len(rewards), np.int64)
+    left_out = {}
+    for j, reward in enumerate(rewards):
+        part = scores[:, j, :k]
+        nan = np.isnan(part)
+        inf = np.isinf(part)
+        nan_values[j] = nan[sample_valid].sum()
+        inf_values[j] = inf[sample_valid].sum()
+        left_out[reward] = int(((nan | inf).any(-1) & sample_valid).sum())
+    return nan_values, inf_values, left_out
+
+
+class _Timer:
+    """Seconds per phase of the task, for the log (the benchmark reads the same phases)."""
+
+    def __init__(self):
+        self.last, self.laps = time.perf_counter(), {}
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[name] = self.laps.get(name, 0.0) + now - self.last
+        self.last = now
+
+    def __str__(self) -> str:
+        return ", ".join(f"{k} {v:.2f}s" for k, v in self.laps.items())
 
 
 class PairsStage(Stage):
@@ -129,17 +176,17 @@ class PairsStage(Stage):
         check_inputs(store, plan)
         n, k_all = store.shape.n, store.shape.k
         k = plan.candidates
-        scores = np.stack([np.asarray(store.read_rows(store.scores(r).value, slice(None)), np.float32)
-                           for r in plan.rewards], axis=1) \
-            if plan.rewards else np.empty((n, 0, k_all), np.float32)  # [N, M, K]
+        hold = HoldPoints(run.dir)
+        timer = _Timer()
+        scores = read_scores(store, plan.rewards, n, k_all)  # [N, M, K]
         sample_valid = np.asarray(store.samples.valid[:], bool)
-        keep = scores[:, :, :k]
-        nan_values = np.isnan(keep[sample_valid]).sum(axis=(0, 2))
-        inf_values = np.isinf(keep[sample_valid]).sum(axis=(0, 2))
+        timer.lap("read")
+        nan_values, inf_values, left_out = _nonfinite_counts(scores, sample_valid, k, plan.rewards)
 
         backend = backend_for(plan)
         sel = pairs_from_plan(scores, list(plan.rewards), plan.method, list(plan.rewards), list(plan.weights),
                               plan.mode, candidates=k, seed=plan.seed, backend=backend)
+        timer.lap("ensemble")
         status = np.where(sample_valid, sel.status, STATUS_INVALID_SAMPLE).astype(np.int8)
         valid = status == 0
         winner = np.where(valid, sel.winner, -1).astype(np.int32)
@@ -148,20 +195,30 @@ class PairsStage(Stage):
 
         counts = {"samples": n, "pairs": int(valid.sum())}
         counts.update({reason: int((status == code).sum()) for code, reason in REASONS.items()})
-        left_out = {r: int((~np.isfinite(keep[sample_valid, j]).all(-1)).sum()) for j, r in enumerate(plan.rewards)}
         self._write_arrays(store, plan, winner, loser, margin, valid, counts, left_out)
+        timer.lap("write arrays")
+        hold.reached("pairs.arrays")
 
-        skipped = self._skipped(store, status, keep, plan)
-        agreement_names, tau, tau_count = self._agreement(store, plan, sample_valid, k)
+        skipped = self._skipped(store, status, scores, k, plan)
+        agreement_names, tau, tau_count, subset = self._agreement(store, plan, scores, sample_valid, k)
+        timer.lap("agreement")
         summary = {"plan": plan.provenance(), "backend": backend, "counts": counts, "left_out": left_out,
                    "nan_values": dict(zip(plan.rewards, map(int, nan_values))),
                    "inf_values": dict(zip(plan.rewards, map(int, inf_values))),
                    "agreement_rewards": agreement_names,
+                   "agreement_samples": dict(used=subset, of=int(sample_valid.sum()), limit=AGREEMENT_SAMPLES,
+                                             seed=plan.seed),
                    "mean_margin": float(np.nanmean(margin)) if np.isfinite(margin).any() else None}
         reward_rows = [[r, left_out[r], int(a), int(b)] for r, a, b in zip(plan.rewards, nan_values, inf_values)]
         folder = run.dir / "pairs" / plan.name
         write_report(folder, summary, skipped, reward_rows, agreement_names, tau, tau_count)
+        timer.lap("report")
+        hold.reached("pairs.report")
+        self._mark_complete(store, plan, counts, left_out)  # last: the group is done only with its report
+        hold.reached("pairs.complete")
         self._print(str(store.pairs(plan.name)), plan, counts, left_out, nan_values, inf_values, agreement_names, tau, folder, backend)
+        log.info("%s timings: %s", store.pairs(plan.name), timer)
+        self.last_timings = dict(timer.laps)  # seconds per phase (benchmarks/cpu/pairs_stage.py)
         return {"done": n, "pairs": counts["pairs"], "skipped": n - counts["pairs"],
                 "nonfinite": int(nan_values.sum() + inf_values.sum())}
 
@@ -172,20 +229,28 @@ class PairsStage(Stage):
     def _write_arrays(self, store: RunStore, plan: PairsPlan, winner, loser, margin, valid, counts, left_out):
         n, chunk = store.shape.n, store.shape.shard_size
         group = store.pairs(plan.name)
+        if group.exists:  # a rerun: drop the old done mark before anything of the group changes
+            group.update_attrs(complete=False)
         for name, data, fill in (("winner", winner, -1), ("loser", loser, -1), ("margin", margin, float("nan")),
                                  ("valid", valid, False)):
             arr = group.create_array(name, shape=(n,), chunks=(chunk,), dtype=data.dtype,
                                      fill_value=fill, overwrite=True)
             arr[:] = data
-        attrs = dict(method=plan.method, rewards=list(plan.rewards), weights=list(plan.weights), ties=plan.ties,
-                     seed=plan.seed, candidates=plan.candidates, temperature=plan.temperature, reward=plan.reward,
-                     counts=counts, left_out=left_out, plan=plan.provenance())
-        group.valid.attrs.update(attrs)
-        group.update_attrs(**attrs, complete=True)  # last: marks the group done
+        group.valid.attrs.update(self._attrs(plan, counts, left_out))
+
+    @staticmethod
+    def _attrs(plan: PairsPlan, counts, left_out) -> dict:
+        return dict(method=plan.method, rewards=list(plan.rewards), weights=list(plan.weights), ties=plan.ties,
+                    seed=plan.seed, candidates=plan.candidates, temperature=plan.temperature, reward=plan.reward,
+                    counts=counts, left_out=left_out, plan=plan.provenance())
+
+    def _mark_complete(self, store: RunStore, plan: PairsPlan, counts, left_out) -> None:
+        """The group's done mark: written after its arrays and its report files (pending_shards reads it)."""
+        store.pairs(plan.name).update_attrs(**self._attrs(plan, counts, left_out), complete=True)
         store.consolidate()
 
     @staticmethod
-    def _skipped(store: RunStore, status, keep, plan: PairsPlan) -> list[tuple[int, str, str]]:
+    def _skipped(store: RunStore, status, scores, k: int, plan: PairsPlan) -> list[tuple[int, str, str]]:
         rows = np.flatnonzero(status != 0)
         if rows.size == 0:
             return []
@@ -195,7 +260,7 @@ class PairsStage(Stage):
         for i in rows:
             reason = REASONS[int(status[i])]
             if status[i] == 1:
-                missing = [r for j, r in enumerate(plan.rewards) if not np.isfinite(keep[i, j]).all()]
+                missing = [r for j, r in enumerate(plan.rewards) if not np.isfinite(scores[i, j, :k]).all()]
                 reason += f" (missing or non-finite scores: {', '.join(missing)})"
             elif status[i] == STATUS_INVALID_SAMPLE and str(reasons[i]):
                 reason += f" ({reasons[i]})"
@@ -203,15 +268,22 @@ class PairsStage(Stage):
         return out
 
     @staticmethod
-    def _agreement(store: RunStore, plan: PairsPlan, sample_valid, k: int):
-        """Kendall tau between every reward the run has fully scored (over valid samples, first k')."""
+    def _agreement(store: RunStore, plan: PairsPlan, scores, sample_valid, k: int):
+        """Kendall tau between every reward the run has fully scored, over a seeded subset of at most
+        AGREEMENT_SAMPLES valid samples (all when fewer; fyp.ensemble.agreement), first k' candidates.
+        The plan's rewards come from the scores already read; only the others are read for it."""
         names = [r for r in store.rewards if "done" in store.scores(r) and not store.pending_shards(store.scores(r).done)]
         if not names:
-            return [], np.zeros((0, 0)), np.zeros((0, 0))
-        scores = np.stack([np.asarray(store.read_rows(store.scores(r).value, slice(None)), np.float32) for r in names],
-                          axis=1)
-        tau, count = kendall_tau_matrix(scores[sample_valid][:, :, :k])
-        return names, tau, count
+            return [], np.zeros((0, 0)), np.zeros((0, 0)), 0
+        rows = agreement_subset(np.flatnonzero(sample_valid), AGREEMENT_SAMPLES, plan.seed)
+        columns = []
+        for r in names:
+            if r in plan.rewards:
+                columns.append(scores[rows, list(plan.rewards).index(r), :k])
+            else:
+                columns.append(np.asarray(store.read_rows(store.scores(r).value, rows)[:, :k], np.float32))
+        tau, count = kendall_tau_matrix(np.stack(columns, axis=1))
+        return names, tau, count, int(rows.size)
 
     @staticmethod
     def _print(label, plan, counts, left_out, nan_values, inf_values, names, tau, folder, backend) -> None:

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from ..config import RewardSpec
+from ..hold import hold_point
 from ..run import Run
 from ..store import BlockWriter
 from ..stages import Option, Stage
@@ -157,6 +158,7 @@ class ScoreStage(Stage):
         valid = np.asarray(store.samples.valid[:], dtype=bool)
         scored = values[done & valid]
         scores.update_attrs(done=int(done.sum()), total=int(done.size), nonfinite=int((~np.isfinite(scored)).sum()))
+        hold_point(run.dir, "score.finalize")  # before the finalised marker (hpc.task writes it after this)
         store.consolidate()
 
     def progress(self, run: Run, variant: str | None, opts: dict) -> tuple[int, int]:

@@ -11,14 +11,13 @@ bytes; a kill loses at most the block being generated. Each file is written once
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
+from ..hold import HoldPoints
 from ..models.flux_fill import build_pipeline
 from ..run import Run
 from ..stages import Stage
@@ -30,7 +29,8 @@ log = logging.getLogger("fyp.sampling")
 
 # Test hook: FYP_SAMPLE_HOLD="<point>:<count>[:<shard>]" makes a task (of that shard only, if given) stop
 # at the <count>-th time it reaches <point> (images | seed | done: just after that block write), create
-# "<run>/.sample-hold" and wait there to be killed. The kill-and-resume test uses it to SIGKILL a task between two specific writes.
+# "<run>/.sample-hold" and wait there to be killed (fyp.hold.HoldPoints, the hook every stage shares). The
+# kill-and-resume test uses it to SIGKILL a task between two specific writes.
 HOLD_ENV = "FYP_SAMPLE_HOLD"
 HOLD_FILE = ".sample-hold"
 
@@ -44,24 +44,6 @@ def _pipeline(run: Run):
         _PIPELINE_CACHE.clear()
         _PIPELINE_CACHE[key] = build_pipeline(model, max_sequence_length=sampling.max_sequence_length)
     return _PIPELINE_CACHE[key]
-
-
-class _Hold:
-    def __init__(self, run_dir: Path, shard: int):
-        point, _, rest = os.environ.get(HOLD_ENV, "").partition(":")
-        count, _, only = rest.partition(":")
-        if only and int(only) != shard:
-            point = ""
-        self.point, self.left, self.file = point, int(count or 0), Path(run_dir) / HOLD_FILE
-
-    def reached(self, point: str) -> None:
-        if point != self.point:
-            return
-        self.left -= 1
-        if self.left == 0:
-            self.file.touch()
-            while True:
-                time.sleep(1)
 
 
 def _pending_mask(store: RunStore) -> np.ndarray:
@@ -110,7 +92,7 @@ class SampleStage(Stage):
         pipe = _pipeline(run)
         ids = store.read_rows(samples.id, span)
         prompts = store.read_rows(samples.prompt, span)
-        hold = _Hold(run.dir, shard)
+        hold = HoldPoints(run.dir, shard, env=HOLD_ENV, file=HOLD_FILE)
         save_latents = cfg.sampling.save_latents and "latent" in candidates
         start = time.time()
         bar = tqdm(total=len(todo) * k, desc=f"sample shard {shard}", unit="cand", file=sys.stderr,

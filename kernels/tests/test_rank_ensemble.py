@@ -258,3 +258,19 @@ def test_sass_report_finds_loops_and_alternative_paths():
     assert len(instructions) == 10 and instructions[0].startswith("MOV")
     assert loops == [(1, 8)]  # LDG .. the backward branch
     assert diamonds == [(2, 6, 7)]  # the branch, the else block (FMUL), the join (ISETP)
+
+
+def test_cpp_extension_name_tracks_source_and_flags(monkeypatch, tmp_path):
+    """Checkouts with different sources or flags must not share (and rebuild) one extension folder."""
+    from kernels import rank_ensemble_cpp as cpp
+
+    name = cpp.extension_name()
+    assert name.startswith("fyp_rank_ensemble_") and len(name) == len("fyp_rank_ensemble_") + 12
+    assert cpp.extension_name() == name
+    monkeypatch.setattr(cpp, "CFLAGS", [*cpp.CFLAGS, "-DFYP_OTHER"])
+    assert cpp.extension_name() != name
+    monkeypatch.undo()
+    other = tmp_path / "rank_ensemble.cpp"
+    other.write_bytes(cpp.SOURCE.read_bytes() + b"\n// another version\n")
+    monkeypatch.setattr(cpp, "SOURCE", other)
+    assert cpp.extension_name() != name
