@@ -34,9 +34,10 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    kind: str = "flux-fill"
+    kind: str = "flux-fill"  # flux-fill | brushnet
     tiny: bool = True  # build from tiny configs with random weights (seeded)
     pretrained: str = "black-forest-labs/FLUX.1-Fill-dev"  # hub id or local path
+    brushnet: str | None = None  # kind brushnet: the branch's weights (hub id or local folder, official layout)
     dtype: str = "float32"  # float32 | bfloat16 | float16
     device: str = "auto"  # auto | cpu | cuda
     seed: int = 0  # seed of the random weights of the tiny model
