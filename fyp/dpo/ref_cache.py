@@ -23,7 +23,6 @@ import numpy as np
 import torch
 
 from .data import PairData, cache_group
-from .flow import draw_pairs, image_ids, noisy_and_target, predict
 from .losses import denoising_loss
 
 
@@ -35,18 +34,17 @@ def cache_key(*, seed: int, sampling: str, shared_noise: bool, mask_loss: bool, 
 @torch.no_grad()
 def reference_losses(transformer, data: PairData, pairs: list[int], epochs: list[int], *, seed: int,
                      scheduler_config, sampling: str, shared_noise: bool, mask_loss: bool, normalize: str,
-                     device, dtype, guidance_embeds: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """L_ref(w), L_ref(l) [B] of these pairs' draws: the same computation the live reference does."""
+                     device, dtype, guidance_embeds: bool = True, family=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """L_ref(w), L_ref(l) [B] of these pairs' draws: the same computation the live reference does.
+
+    `family` (fyp.dpo.family) makes the draws and predictions; None: FLUX with `scheduler_config`.
+    """
+    from .family import FluxFamily
+
+    family = family or FluxFamily(scheduler_config=scheduler_config, guidance_embeds=guidance_embeds)
     batch = data.batch(pairs, device, dtype)
-    draw = draw_pairs(pairs, epochs, data.latent_tokens, seed=seed, scheduler_config=scheduler_config,
-                      sampling=sampling, shared_noise=shared_noise)
-    x_w, target_w = noisy_and_target(batch.latent_w, draw.noise_w.to(device=device, dtype=dtype), draw.sigma)
-    x_l, target_l = noisy_and_target(batch.latent_l, draw.noise_l.to(device=device, dtype=dtype), draw.sigma)
-    ids = image_ids(data.latent_hw[0] // 2, data.latent_hw[1] // 2, device, dtype)
-    pred = predict(transformer, torch.cat([x_w, x_l]), torch.cat([batch.condition] * 2), torch.cat([draw.sigma] * 2),
-                   torch.cat([batch.prompt_embeds] * 2), torch.cat([batch.pooled] * 2), ids,
-                   guidance_embeds=guidance_embeds)
-    pred_w, pred_l = pred.chunk(2)
+    draw = family.draw(pairs, epochs, data, seed=seed, sampling=sampling, shared_noise=shared_noise)
+    pred_w, pred_l, target_w, target_l = family.predict_pair(transformer, batch, draw, device, dtype)
     mask = batch.loss_mask if mask_loss else None
     return denoising_loss(pred_w, target_w, mask, normalize), denoising_loss(pred_l, target_l, mask, normalize)
 
@@ -70,6 +68,7 @@ class RefLossCache:
 
 def load_or_build(store, data: PairData, transformer, *, epochs: int, key: dict, batch_size: int,
                   scheduler_config, device, dtype, rank: int = 0, world: int = 1, guidance_embeds: bool = True,
+                  family=None,
                   barrier=lambda: None, all_reduce=lambda t: t, lockstep: bool = False) -> RefLossCache:
     """The cache for `epochs` epochs under `key`: read if the store holds a matching one, else computed.
 
@@ -93,7 +92,7 @@ def load_or_build(store, data: PairData, transformer, *, epochs: int, key: dict,
                                   scheduler_config=scheduler_config, sampling=key["sampling"],
                                   shared_noise=key["shared_noise"], mask_loss=key["mask_loss"],
                                   normalize=key["normalize"], device=device, dtype=dtype,
-                                  guidance_embeds=guidance_embeds)
+                                  guidance_embeds=guidance_embeds, family=family)
         if i < len(mine):  # a lockstep filler's result is dropped
             loss_w[epoch, pairs] = lw.float().cpu()
             loss_l[epoch, pairs] = ll.float().cpu()

@@ -45,7 +45,8 @@ from . import launch
 from .checkpoints import LAYOUT_NAME, UNIVERSAL_SUFFIX, Layout, check_resumable, to_universal, write_layout
 from .checkpoints import latest as latest_checkpoint
 from .data import PairData, PairsError, PeerFailed, all_ok, build_cache, cache_group, read_pairs
-from .flow import TIMESTEP_SAMPLING, draw_pairs, image_ids, noisy_and_target, predict
+from .family import training_family
+from .flow import TIMESTEP_SAMPLING
 from .losses import KINDS, MARGIN_KINDS, NORMALIZE, preference_terms
 from .metrics import METRIC_NAMES, preference_metrics
 
@@ -361,7 +362,7 @@ def train(run_dir: Path | str, pairs: str | None = None, *, steps: int | None = 
     import deepspeed
 
     from ..models import build_pipeline, resolve_dtype
-    from .export import export_transformer, gather_state_dict
+    from .export import gather_state_dict
     from .ref_cache import cache_key, load_or_build
     from .zero3 import copies_partitions, partitioned_copy
 
@@ -430,17 +431,19 @@ def train(run_dir: Path | str, pairs: str | None = None, *, steps: int | None = 
                 ds_train["checkpoint"] = {**ds_train.get("checkpoint", {}), "load_universal": True}
         ds_frozen = deepspeed_config(tcfg, world, bf16, with_optimizer=False)
         zero_init = tcfg.zero_stage == 3 and tcfg.zero_init
-        transformer, scheduler_config = load_transformer_and_scheduler(cfg, ds_train if zero_init else None)
+        # The model family (FLUX.1 Fill: flow matching; BrushNet: DDPM on a frozen U-Net, fyp.dpo.family)
+        # supplies the policy, the draws, the predictions and the export.
+        family = training_family(cfg)
+        transformer, scheduler_config = family.load(cfg, ds_train if zero_init else None)
+        family.to_device(device, dtype)
         if zero_init:
             held = sum(p.ds_tensor.numel() for p in transformer.parameters())
             log.info("transformer built partitioned (deepspeed.zero.Init): %d parameters, %d on rank %d",
                      sum(p.ds_numel for p in transformer.parameters()), held, rank)
         else:
             transformer.to(device=device, dtype=dtype)
-        guidance_embeds = bool(transformer.config.guidance_embeds)
         shared_noise = tcfg.loss not in MARGIN_KINDS
-        draw_kw = dict(seed=tcfg.seed, scheduler_config=scheduler_config, sampling=tcfg.timestep_sampling,
-                       shared_noise=shared_noise)
+        draw_kw = dict(seed=tcfg.seed, sampling=tcfg.timestep_sampling, shared_noise=shared_noise)
         ref_model = None
         if not tcfg.ref_cache:
             if not zero_init:
@@ -450,7 +453,7 @@ def train(run_dir: Path | str, pairs: str | None = None, *, steps: int | None = 
             else:  # NVMe-offloaded partitions: build the reference from the weights again
                 ref_model = load_transformer_and_scheduler(cfg, ds_frozen)[0]
             ref_model.requires_grad_(False).eval()
-        lora = set_trainable(transformer, tcfg)
+        lora = family.set_trainable(transformer, tcfg)
         if tcfg.gradient_checkpointing:
             transformer.enable_gradient_checkpointing()
         transformer.train()
@@ -475,7 +478,7 @@ def train(run_dir: Path | str, pairs: str | None = None, *, steps: int | None = 
             ref_cache = load_or_build(store, data, engine, epochs=epochs_needed(tcfg, world, data.num_pairs),
                                       key=key, batch_size=tcfg.batch_size, scheduler_config=scheduler_config,
                                       device=device, dtype=dtype, rank=rank, world=world,
-                                      guidance_embeds=guidance_embeds, barrier=dist.barrier,
+                                      family=family, barrier=dist.barrier,
                                       all_reduce=dist.all_reduce, lockstep=tcfg.zero_stage == 3)
             engine.train()
 
@@ -502,7 +505,6 @@ def train(run_dir: Path | str, pairs: str | None = None, *, steps: int | None = 
             return ckpt_dir / tag
 
         metrics_log = MetricsLog(out, start, enabled=rank == 0)
-        ids = image_ids(data.latent_hw[0] // 2, data.latent_hw[1] // 2, device, dtype)
         mask_on = tcfg.mask_loss
         last: dict = {}
         for step in range(start, tcfg.steps):
@@ -513,18 +515,14 @@ def train(run_dir: Path | str, pairs: str | None = None, *, steps: int | None = 
                 rows, epochs = global_indices(step, micro, rank, world=world, batch=tcfg.batch_size,
                                               grad_accum=tcfg.grad_accum, num_pairs=data.num_pairs, seed=tcfg.seed)
                 batch = data.batch(rows, device, dtype)
-                draw = draw_pairs(rows, epochs, data.latent_tokens, **draw_kw)
-                x_w, target_w = noisy_and_target(batch.latent_w, draw.noise_w.to(device=device, dtype=dtype), draw.sigma)
-                x_l, target_l = noisy_and_target(batch.latent_l, draw.noise_l.to(device=device, dtype=dtype), draw.sigma)
-                inputs = (torch.cat([x_w, x_l]), torch.cat([batch.condition] * 2), torch.cat([draw.sigma] * 2),
-                          torch.cat([batch.prompt_embeds] * 2), torch.cat([batch.pooled] * 2), ids)
-                pred_w, pred_l = predict(engine, *inputs, guidance_embeds=guidance_embeds).chunk(2)
+                draw = family.draw(rows, epochs, data, **draw_kw)
+                pred_w, pred_l, target_w, target_l = family.predict_pair(engine, batch, draw, device, dtype)
                 ref = dict(ref_w=None, ref_l=None)
                 if ref_cache is not None:
                     ref["ref_loss_w"], ref["ref_loss_l"] = ref_cache.lookup(rows, epochs, device)
                 else:
                     with torch.no_grad():
-                        ref["ref_w"], ref["ref_l"] = predict(ref_model, *inputs, guidance_embeds=guidance_embeds).chunk(2)
+                        ref["ref_w"], ref["ref_l"] = family.predict_pair(ref_model, batch, draw, device, dtype)[:2]
                 terms = preference_terms(pred_w, pred_l, target_w=target_w, target_l=target_l, beta=tcfg.beta,
                                          kind=tcfg.loss, mask=batch.loss_mask if mask_on else None,
                                          margin=batch.margin if tcfg.loss in MARGIN_KINDS else None,
@@ -562,7 +560,7 @@ def train(run_dir: Path | str, pairs: str | None = None, *, steps: int | None = 
             state = gather_state_dict(engine, tcfg.zero_stage)
             if rank == 0:
                 config = dict(engine.module.config)
-                exported = str(export_transformer(state, config, export_dir(run.dir, name), dtype, lora))
+                exported = str(family.export(state, config, export_dir(run.dir, name), dtype, lora))
             dist.barrier()
         result = TrainResult(name, tcfg.steps, start, time.time() - begin, last, exported)
         if rank == 0:

@@ -33,6 +33,10 @@ from ..devices import resolve_device, resolve_dtype
 from .batch_invariant import batch_invariant as _batch_invariant
 from .brushnet import BrushNetModel, brushnet_from_unet, check_unet, keep_mask_channel, predict_noise
 
+# Training conditions winner and loser each on its own masked image (the paper's BrushNet training), not
+# on the sample's source image as FLUX's cache does (fyp.dpo.data reads this flag).
+CONDITION_PER_SIDE = True
+
 SD_LATENT_CHANNELS = 4
 SD_VAE_SCALE = 8
 SD_SCALING_FACTOR = 0.18215
@@ -73,6 +77,10 @@ class BrushNetPipe:
     @property
     def transformer(self):
         return self.brushnet
+
+    @transformer.setter
+    def transformer(self, module):  # eval and the toy swap in a trained branch under this name
+        self.brushnet = module
 
     @property
     def device(self) -> torch.device:
