@@ -1,6 +1,6 @@
 """BrushNet on mainline blocks: the official key layout, the injection points, the pipeline helpers.
 
-The reference forwards here are written independently of fyp.models.brushnet, from the official fork's
+The reference forwards (tests/fixtures_brushnet.py) are written independently of fyp.models.brushnet, from the official fork's
 code (TencentARC/BrushNet: models/brushnet.py, unets/unet_2d_condition.py, unets/unet_2d_blocks.py):
 - the U-Net side runs mainline `UNet2DConditionModel.__call__` itself, with forward hooks that add the
   branch's samples where the fork's modified blocks add them (a pre-hook on the first down block for the
@@ -23,6 +23,7 @@ from fyp.models import build_pipeline, helpers, latent_shape
 from fyp.models.brushnet import (BrushNetModel, BrushNetSamples, brushnet_config_from_unet, brushnet_from_unet,
                                  keep_mask_channel, predict_noise, unet_forward)
 from fyp.models.brushnet_pipeline import build_tiny_components, tiny_unet_config
+from fixtures_brushnet import reference_branch, reference_unet
 
 RES = 64
 
@@ -163,75 +164,6 @@ def inputs():
     cond = torch.randn(2, 5, 16, 16, generator=gen)
     text = torch.randn(2, 7, 32, generator=gen)
     return x, torch.tensor([10, 700]), text, cond
-
-
-def reference_branch(branch, x, t, text, cond) -> BrushNetSamples:
-    """The fork's BrushNetModel.forward on the same modules (mainline block forwards + hooks for up states)."""
-    emb = branch.time_embedding(branch.time_proj(t).to(x.dtype))
-    h = branch.conv_in_condition(torch.cat([x, cond], 1))
-    res = (h,)
-    for block in branch.down_blocks:
-        h, states = block(hidden_states=h, temb=emb)  # mainline returns each resnet and the downsampler
-        res += states
-    down = [conv(s) for conv, s in zip(branch.brushnet_down_blocks, res)]
-    h = branch.mid_block(h, emb)
-    mid = branch.brushnet_mid_block(h)
-    ups = []
-    for i, block in enumerate(branch.up_blocks):
-        last = i == len(branch.up_blocks) - 1
-        skip = res[-len(block.resnets):]
-        res = res[:-len(block.resnets)]
-        size = None if last else res[-1].shape[2:]
-        hooks = [m.register_forward_hook(lambda _m, _i, out: ups.append(out))
-                 for m in list(block.resnets) + list(block.upsamplers or [])]
-        h = block(hidden_states=h, temb=emb, res_hidden_states_tuple=skip, upsample_size=size)
-        for hook in hooks:
-            hook.remove()
-    up = [conv(s) for conv, s in zip(branch.brushnet_up_blocks, ups)]
-    return BrushNetSamples(down, mid, up)
-
-
-def _add_hook(pool, where: list):
-    def hook(_module, _inputs, out):
-        where.append(_module)
-        if isinstance(out, tuple):
-            return (out[0] + pool.pop(0),) + tuple(out[1:])
-        return out + pool.pop(0)
-    return hook
-
-
-def reference_unet(unet, x, t, text, samples: BrushNetSamples, move_conv_in: bool = False) -> torch.Tensor:
-    """The fork's U-Net forward: mainline `unet(...)` with the additions made by hooks at the fork's points.
-
-    `move_conv_in`: add the conv_in sample before the first skip is taken (a moved injection point).
-    """
-    down, up = list(samples.down), list(samples.up)
-    first = down.pop(0)
-    order: list = []
-    hooks = []
-    if move_conv_in:
-        hooks.append(unet.conv_in.register_forward_hook(lambda _m, _i, out: out + first))
-    else:
-        def pre(_module, args, kwargs):
-            kwargs["hidden_states"] = kwargs["hidden_states"] + first
-            return args, kwargs
-        hooks.append(unet.down_blocks[0].register_forward_pre_hook(pre, with_kwargs=True))
-    for block in unet.down_blocks:
-        layers = list(block.attentions) if hasattr(block, "attentions") else list(block.resnets)
-        for module in layers + list(block.downsamplers or []):
-            hooks.append(module.register_forward_hook(_add_hook(down, order)))
-    hooks.append(unet.mid_block.register_forward_hook(lambda _m, _i, out: out + samples.mid))
-    for block in unet.up_blocks:
-        layers = list(block.attentions) if hasattr(block, "attentions") else list(block.resnets)
-        for module in layers + list(block.upsamplers or []):
-            hooks.append(module.register_forward_hook(_add_hook(up, order)))
-    try:
-        out = unet(x, t, encoder_hidden_states=text, return_dict=False)[0]
-    finally:
-        for hook in hooks:
-            hook.remove()
-    assert not down and not up, "every sample is used once"
-    return out
 
 
 @torch.no_grad()

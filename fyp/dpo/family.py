@@ -114,7 +114,7 @@ class BrushNetFamily:
         return branch, config
 
     def to_device(self, device, dtype) -> None:
-        self.unet.to(device=device, dtype=dtype)
+        self.unet.to(device=device) if self.unet.dtype == dtype else self.unet.to(device=device, dtype=dtype)
 
     def set_trainable(self, policy, tcfg: TrainConfig):
         if tcfg.trainable != "all":
