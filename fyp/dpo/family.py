@@ -105,7 +105,8 @@ class BrushNetFamily:
             unet = UNet2DConditionModel.from_pretrained(cfg.model.pretrained, subfolder="unet", torch_dtype=dtype)
             config = dict(DDPMScheduler.load_config(cfg.model.pretrained, subfolder="scheduler"))
             branch = load_brushnet(cfg.model.brushnet) if cfg.model.brushnet else brushnet_from_unet(unet)
-        self.unet = unet.requires_grad_(False).eval()
+        if self.unet is None:  # a second load (the NVMe-offload reference) keeps the U-Net already placed
+            self.unet = unet.requires_grad_(False).eval()
         self.scheduler_config = config
         self.abar = alphas_cumprod(config)
         if zero_init is not None:

@@ -451,7 +451,7 @@ def train(run_dir: Path | str, pairs: str | None = None, *, steps: int | None = 
             elif copies_partitions(ds_frozen):
                 ref_model = partitioned_copy(transformer, ds_frozen)
             else:  # NVMe-offloaded partitions: build the reference from the weights again
-                ref_model = load_transformer_and_scheduler(cfg, ds_frozen)[0]
+                ref_model = family.load(cfg, ds_frozen)[0]
             ref_model.requires_grad_(False).eval()
         lora = family.set_trainable(transformer, tcfg)
         if tcfg.gradient_checkpointing:
