@@ -26,7 +26,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..config import ConfigError, ModelConfig
 from ..devices import resolve_device, resolve_dtype
