@@ -282,7 +282,8 @@ def hole_from_condition(condition: torch.Tensor) -> torch.Tensor:
 
 
 def initial_noise(pipe, seeds: list[int], height: int, width: int) -> torch.Tensor:
-    """Starting latents [len(seeds),4,h,w], one CPU generator per seed, times the scheduler's init sigma."""
+    """Unit Gaussian starting noise [len(seeds),4,h,w], one CPU generator per seed (denoise scales it by the
+    scheduler's init sigma)."""
     device, dtype = _exec(pipe)
     s = pipe.vae_scale_factor
     shape = (1, pipe.latent_channels, height // s, width // s)
