@@ -69,7 +69,7 @@ def family_and_batch():
     mask[:, :, 2:6, 1:5] = 1
     batch = Batch(torch.randn(b, *SHAPE, generator=gen), torch.randn(b, *SHAPE, generator=gen),
                   torch.randn(b, 5, 8, 8, generator=gen), mask, torch.randn(b, 77, 32, generator=gen),
-                  torch.randn(b, 32, generator=gen), torch.zeros(b), torch.randn(b, 5, 8, 8, generator=gen), (8, 8))
+                  torch.randn(b, 32, generator=gen), torch.zeros(b), torch.randn(b, 5, 8, 8, generator=gen))
     objective = family.objective(policy, scheduler_config, type("D", (), {"latent_tokens": SHAPE})(),
                                  shared_noise=True, device=torch.device("cpu"), dtype=torch.float32)
     assert isinstance(objective, DdpmEpsilon)

@@ -62,7 +62,6 @@ class Batch:
     pooled: torch.Tensor
     margin: torch.Tensor
     condition_l: torch.Tensor | None = None  # the loser's own condition (BrushNet); None = `condition`
-    latent_hw: tuple = (0, 0)
 
 
 def read_pairs(store: RunStore, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]:
@@ -248,4 +247,4 @@ class PairData:
             mask = mask.repeat(1, 1, self.latent_tokens[1] // 4)
         return Batch(load("latent_w"), load("latent_l"), load("condition"), mask,
                      load("prompt_embeds"), load("pooled"), self.margin[rows].to(device=device, dtype=torch.float32),
-                     load("condition_l") if "condition_l" in self._arrays else None, tuple(self.latent_hw))
+                     load("condition_l") if "condition_l" in self._arrays else None)
