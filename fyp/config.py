@@ -85,7 +85,7 @@ DataKind = Literal["synthetic", "brushdata", "brushbench", "editbench", "rorem"]
 Split = Literal["train", "heldout"]
 PromptKind = Literal["mask-simple", "mask-rich", "full"]  # EditBench prompt column
 MaskKind = Literal["inpainting", "outpainting"]  # BrushBench mask
-ModelKind = Literal["flux-fill"]
+ModelKind = Literal["flux-fill", "brushnet"]
 Dtype = Literal["float32", "bfloat16", "float16"]
 Device = Annotated[str, Pattern(r"auto|cpu|cuda(:\d+)?", "auto, cpu, cuda or cuda:N")]
 RewardName = Literal["clipscore", "aesthetic", "imagereward", "pickscore", "hpsv2", "vqascore", "unifiedreward",
@@ -167,6 +167,7 @@ class ModelConfig:
     kind: ModelKind = "flux-fill"
     tiny: bool = True  # build from tiny configs with random weights (seeded)
     pretrained: str = "black-forest-labs/FLUX.1-Fill-dev"  # hub id or local path
+    brushnet: str | None = None  # kind brushnet: the branch's weights (hub id or local folder, official layout)
     dtype: Dtype = "float32"
     device: Device = "auto"
     seed: int = 0  # seed of the random weights of the tiny model

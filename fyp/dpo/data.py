@@ -11,6 +11,8 @@ P = number of usable pairs):
     train/<name>/prompt_embeds float32 [P, T, D]  T5 sequence embeddings
     train/<name>/pooled       float32 [P, Dp]     CLIP pooled embedding
     train/<name>/margin       float32 [P]         R(w) - R(l) from the pairs (NaN unless CaPO / CaEN)
+    train/<name>/condition_l  (BrushNet only) the loser's own condition; there `condition` is the winner's,
+                              and latents / conditions / loss_mask keep the [P, C, h, w] layout (not packed)
     attrs: complete, pairs, method, latent_hw, max_sequence_length
 
 Winner and loser latents are the sampler's own final latents when the run saved them
@@ -33,10 +35,13 @@ import torch
 from tqdm import tqdm
 
 from ..config import MaskDownsample
-from ..models import encode_condition, encode_image_latents, encode_prompt, pack_latents
+from ..models import helpers
 from ..store import RunStore, StoreError
 
 ENCODE_CHUNK = 8  # pairs encoded per VAE / text-encoder call (train.encode_batch)
+
+
+CACHE_KEYS = ("latent_w", "latent_l", "condition", "loss_mask", "prompt_embeds", "pooled")
 
 
 class PairsError(RuntimeError):
@@ -52,6 +57,7 @@ class Batch:
     prompt_embeds: torch.Tensor
     pooled: torch.Tensor
     margin: torch.Tensor
+    condition_l: torch.Tensor | None = None  # the loser's own condition (BrushNet); None = `condition`
 
 
 def read_pairs(store: RunStore, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]:
@@ -114,7 +120,8 @@ def all_ok(comm, error: BaseException | None, rank: int, what: str) -> None:
 
 
 def build_cache(store: RunStore, pipe, name: str, max_sequence_length: int, *, rank: int = 0, world: int = 1,
-                comm=None, chunk: int = ENCODE_CHUNK, progress: bool = False, mask_downsample: str = "any") -> None:
+                comm=None, chunk: int = ENCODE_CHUNK, progress: bool = False, mask_downsample: str = "any",
+                condition_per_side: bool = False) -> None:
     """Encode every usable pair once (winner, loser, condition, prompt) into `train/<name>/`.
 
     Over `world` processes (`comm`: barrier and all_reduce) the chunks of `chunk` pairs are dealt
@@ -130,6 +137,8 @@ def build_cache(store: RunStore, pipe, name: str, max_sequence_length: int, *, r
     images, masks, prompts = store.candidates.image, store.samples.mask, store.samples.prompt
     sample_images = store.samples.image
     saved = store.candidates.latent if "latent" in store.candidates else None
+    ops = helpers(pipe)  # the model family's encoders (FLUX.1 Fill or BrushNet)
+    keys = CACHE_KEYS + (("condition_l",) if condition_per_side else ())
     arrays: dict = {}
 
     def put(key: str, start: int, value: torch.Tensor | np.ndarray) -> None:
@@ -148,15 +157,19 @@ def build_cache(store: RunStore, pipe, name: str, max_sequence_length: int, *, r
                 latents = torch.from_numpy(np.stack([store.read_rows(saved, n)[int(k)]
                                                      for n, k in zip(samples, side)]).astype(np.float32))
             else:
-                latents = encode_image_latents(pipe, np.stack([store.read_rows(images, n)[int(k)]
-                                                               for n, k in zip(samples, side)]))
-            put(key, start, pack_latents(latents))
-        # The condition comes from the original (masked) sample image, as when sampling.
-        source = np.stack([store.read_rows(sample_images, n) for n in samples])
-        put("condition", start, encode_condition(pipe, source, mask))
-        put("loss_mask", start, pack_latents(torch.from_numpy(hole_at_latent(mask, scale, mask_downsample))))
-        text = encode_prompt(pipe, [str(store.read_rows(prompts, n)) for n in samples],
-                             max_sequence_length)
+                latents = ops.encode_image_latents(pipe, np.stack([store.read_rows(images, n)[int(k)]
+                                                                   for n, k in zip(samples, side)]))
+            put(key, start, ops.to_tokens(latents))
+        if condition_per_side:  # BrushNet: winner and loser each conditioned on their own masked image
+            for key, side in (("condition", winner[rows]), ("condition_l", loser[rows])):
+                own = np.stack([store.read_rows(images, n)[int(k)] for n, k in zip(samples, side)])
+                put(key, start, ops.encode_condition(pipe, own, mask))
+        else:  # FLUX: the condition comes from the original (masked) sample image, as when sampling
+            source = np.stack([store.read_rows(sample_images, n) for n in samples])
+            put("condition", start, ops.encode_condition(pipe, source, mask))
+        put("loss_mask", start, ops.to_tokens(torch.from_numpy(hole_at_latent(mask, scale, mask_downsample))))
+        text = ops.encode_prompt(pipe, [str(store.read_rows(prompts, n)) for n in samples],
+                                 max_sequence_length)
         put("prompt_embeds", start, text.prompt_embeds)
         put("pooled", start, text.pooled)
 
@@ -176,8 +189,7 @@ def build_cache(store: RunStore, pipe, name: str, max_sequence_length: int, *, r
     all_ok(comm, error, rank, f"creating {group}")
     bar.update(1)
     if rank != 0:
-        arrays.update({key: group[key] for key in
-                       ("latent_w", "latent_l", "condition", "loss_mask", "prompt_embeds", "pooled")})
+        arrays.update({key: group[key] for key in keys})
     try:
         for start in mine:
             encode(start)
@@ -205,8 +217,8 @@ class PairData:
         attrs = group.attrs
         self.num_pairs = int(attrs["pairs"])
         self.latent_hw = tuple(attrs["latent_hw"])
-        self._arrays = {key: group[key] for key in
-                        ("latent_w", "latent_l", "condition", "loss_mask", "prompt_embeds", "pooled")}
+        keys = CACHE_KEYS + (("condition_l",) if "condition_l" in group else ())
+        self._arrays = {key: group[key] for key in keys}
         self.margin = torch.from_numpy(group["margin"][:])
         self.samples = group["sample"][:]
         self.latent_tokens = self._arrays["latent_w"].shape[1:]  # (L, 4C)
@@ -215,7 +227,9 @@ class PairData:
         def load(key):
             return torch.from_numpy(np.stack([self._arrays[key][r] for r in rows])).to(device=device, dtype=dtype)
 
-        channels = self.latent_tokens[1]
-        mask4 = load("loss_mask")
-        return Batch(load("latent_w"), load("latent_l"), load("condition"), mask4.repeat(1, 1, channels // 4),
-                     load("prompt_embeds"), load("pooled"), self.margin[rows].to(device=device, dtype=torch.float32))
+        mask = load("loss_mask")
+        if mask.dim() == 3:  # FLUX's packed [B, L, 4] hole: tile to the 4C channels of a token
+            mask = mask.repeat(1, 1, self.latent_tokens[1] // 4)
+        return Batch(load("latent_w"), load("latent_l"), load("condition"), mask,
+                     load("prompt_embeds"), load("pooled"), self.margin[rows].to(device=device, dtype=torch.float32),
+                     load("condition_l") if "condition_l" in self._arrays else None)

@@ -3,11 +3,13 @@
 The trainer (`fyp.dpo.train`) owns the processes, DeepSpeed, the reference, the loss, checkpoints and
 the data order; a family owns how pairs are encoded into the latent cache, how the trainable model is
 loaded, and the objective of one step: the draws (t, noise), the noisy inputs and the targets, and the
-model's forward. FLUX.1 Fill (flow matching, velocity target) is `fyp.dpo.flow.FluxFill`; a DDPM /
-epsilon family (e.g. BrushNet) implements the same two protocols and registers its `model.kind` here.
+model's forward, which parameters train, and the export. FLUX.1 Fill (flow matching, velocity target)
+is `fyp.dpo.flow.FluxFill`; BrushNet (DDPM, epsilon target, the branch trained on a frozen SD1.5 U-Net)
+is `fyp.dpo.ddpm.BrushNet`.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Protocol
 
 import torch
@@ -42,12 +44,19 @@ class ModelFamily(Protocol):
     def objective(self, model, scheduler_config: dict, data, *, shared_noise: bool, device, dtype) -> Objective:
         """The step's objective for this model and the encoded pairs `data` (fyp.dpo.data.PairData)."""
 
+    def set_trainable(self, policy: torch.nn.Module, tcfg) -> dict | None:
+        """Freeze per `train.trainable`; returns the LoRA config dict (for export) when LoRA is used."""
+
+    def export(self, state: dict, config: dict, out_dir: Path, dtype: torch.dtype, lora: dict | None) -> Path:
+        """Write the trained model (full state dict `state`, its `config`) where eval loads it."""
+
 
 def model_family(cfg) -> ModelFamily:
     """The family of `cfg.model.kind` (cfg: the RunConfig)."""
+    from .ddpm import BrushNet
     from .flow import FluxFill
 
-    families = {FluxFill.kind: FluxFill}
+    families = {FluxFill.kind: FluxFill, BrushNet.kind: BrushNet}
     if cfg.model.kind not in families:
         from ..config import ConfigError
 

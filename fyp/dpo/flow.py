@@ -231,6 +231,16 @@ class FluxFill:
                                             WeightSource.from_folder(folder), zero_init, dtype)
         return transformer, dict(scheduler.config)
 
+    def set_trainable(self, policy, tcfg) -> dict | None:
+        from .train import set_trainable
+
+        return set_trainable(policy, tcfg)
+
+    def export(self, state: dict, config: dict, out_dir, dtype, lora: dict | None = None):
+        from .export import export_transformer
+
+        return export_transformer(state, config, out_dir, dtype, lora)
+
     def objective(self, model, scheduler_config: dict, data, *, shared_noise: bool, device, dtype) -> FlowMatching:
         return FlowMatching(self.cfg.train, scheduler_config, data.latent_hw, data.latent_tokens,
                             shared_noise=shared_noise, guidance_embeds=bool(model.config.guidance_embeds),

@@ -15,11 +15,12 @@ from ..run import Run
 from ..stages import execute_shard
 
 
-def make_toy_run(run_dir: Path | str, overrides: dict | None = None, pairs: str = "brightness") -> Run:
-    """A prepared, sampled, scored and paired run of the toy preset (with `overrides`)."""
+def make_toy_run(run_dir: Path | str, overrides: dict | None = None, pairs: str = "brightness",
+                 preset: str = "toy") -> Run:
+    """A prepared, sampled, scored and paired run of the toy preset (or `toy-brushnet`), with `overrides`."""
     from ..data.stage import create_run
 
-    run = create_run(run_dir, "toy", overrides)
+    run = create_run(run_dir, preset, overrides)
     for stage, variant in (("prepare", None), ("sample", None), ("score", "brightness")):
         for shard in range(run.config.shards):
             execute_shard(stage, run.dir, shard, variant)
@@ -36,15 +37,15 @@ def heldout_brightness(run: Run, transformer_path: Path | str | None, samples: i
     """
     from ..data.synthetic import SyntheticReader
     from ..models import build_pipeline, resolve_dtype
+    from ..models.family import load_denoiser
     from ..rewards.brightness import hole_luminance
     from ..sampling.generate import generate_candidates
-    from .export import load_exported
 
     cfg = run.config
     pipe = build_pipeline(cfg.model, max_sequence_length=cfg.sampling.max_sequence_length,
                           with_transformer=transformer_path is None)
     if transformer_path is not None:
-        pipe.transformer = load_exported(transformer_path, resolve_dtype(cfg.model.dtype)).to(pipe.vae.device)
+        pipe.transformer = load_denoiser(cfg.model, transformer_path, resolve_dtype(cfg.model.dtype)).to(pipe.vae.device)
     reader = SyntheticReader(cfg.data.resolution, seed=cfg.seed, split="heldout")
     out = []
     for index in range(samples):

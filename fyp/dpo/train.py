@@ -1,10 +1,10 @@
-"""Preference training (Diffusion-DPO / IPO / CaPO / CaEN) of the FLUX.1 Fill transformer with DeepSpeed.
+"""Preference training (Diffusion-DPO / IPO / CaPO / CaEN) of FLUX.1 Fill or BrushNet with DeepSpeed.
 
 Reads top to bottom: configuration and processes; what is built before the loop (`build`: the latent
 cache, policy and reference or reference-loss cache, DeepSpeed engines, loss backend, resume); the step
 (`train_step`); checkpoints and export; `train()` puts them together. What is particular to a model
 family (encoding the pairs, loading the model, the draws, noising, targets and forward) sits behind
-`fyp.dpo.family` (FLUX.1 Fill: `fyp.dpo.flow.FluxFill`).
+`fyp.dpo.family` (FLUX.1 Fill: `fyp.dpo.flow.FluxFill`; BrushNet: `fyp.dpo.ddpm.BrushNet`).
 
     python -m fyp.dpo.train --run DIR [--pairs NAME] [--steps N] [--set train.lr=1e-4 ...]
     torchrun --nproc_per_node 2 -m fyp.dpo.train --run-dir DIR      # CPU: gloo (torchrun claims --run)
@@ -360,7 +360,7 @@ def build_models(cfg: RunConfig, family: ModelFamily, dist: Dist, ds_train: dict
     policy, scheduler_config = family.load_model(ds_train if zero_init else None)
     if zero_init:
         held = sum(p.ds_tensor.numel() for p in policy.parameters())
-        log.info("transformer built partitioned (deepspeed.zero.Init): %d parameters, %d on rank %d",
+        log.info("policy built partitioned (deepspeed.zero.Init): %d parameters, %d on rank %d",
                  sum(p.ds_numel for p in policy.parameters()), held, dist.rank)
     else:
         policy.to(device=dist.device, dtype=resolve_dtype(cfg.model.dtype))
@@ -373,7 +373,7 @@ def build_models(cfg: RunConfig, family: ModelFamily, dist: Dist, ds_train: dict
         else:  # NVMe-offloaded partitions: build the reference from the weights again
             reference = family.load_model(ds_frozen)[0]
         reference.requires_grad_(False).eval()
-    lora = set_trainable(policy, tcfg)
+    lora = family.set_trainable(policy, tcfg)
     if tcfg.gradient_checkpointing:
         policy.enable_gradient_checkpointing()
     policy.train()
@@ -458,6 +458,7 @@ class Trainer:
     start: int  # the first step to run (> 0 when resumed)
     lora: dict | None
     dtype: torch.dtype
+    family: ModelFamily
 
 
 def build(run: Run, cfg: RunConfig, dist: Dist, fingerprint: str) -> Trainer:
@@ -485,7 +486,7 @@ def build(run: Run, cfg: RunConfig, dist: Dist, fingerprint: str) -> Trainer:
     reference = build_reference(cfg, models, engine, objective, data, run.store(), dist, ds_frozen)
     start = checkpoints.load(engine)  # weights, optimizer, LR schedule; draws and order are stateless
     return Trainer(cfg, dist, out, data, engine, objective, reference, loss_fn, checkpoints, start, models.lora,
-                   dtype)
+                   dtype, family)
 
 
 # -- the step ----------------------------------------------------------------------------------------
@@ -542,16 +543,17 @@ def checkpoint_or_stop(t: Trainer, done: int, stop_after: int | None, metrics_lo
 
 
 def export(t: Trainer, run: Run) -> str | None:
-    """The aligned transformer as a diffusers folder (gathered to rank 0 under ZeRO-3; LoRA fused)."""
-    from .export import export_transformer, gather_state_dict
+    """The aligned model as its family writes it (gathered to rank 0 under ZeRO-3; LoRA fused): FLUX's
+    transformer as a diffusers folder, BrushNet's branch in the official layout."""
+    from .export import gather_state_dict
 
     if not t.cfg.train.export:
         return None
     state = gather_state_dict(t.engine, t.cfg.train.zero_stage)
     exported = None
     if t.dist.rank == 0:
-        exported = str(export_transformer(state, dict(t.engine.module.config), export_dir(run.dir, t.cfg.train.pairs),
-                                          t.dtype, t.lora))
+        exported = str(t.family.export(state, dict(t.engine.module.config), export_dir(run.dir, t.cfg.train.pairs),
+                                       t.dtype, t.lora))
     t.dist.barrier()
     return exported
 

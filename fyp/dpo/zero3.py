@@ -96,16 +96,18 @@ def transformer_folder(pretrained: str) -> Path:
     return Path(snapshot_download(pretrained, allow_patterns=["transformer/*"])) / "transformer"
 
 
-def build_partitioned(config: dict, source: WeightSource, ds_config: dict, dtype: torch.dtype):
-    """`FluxTransformer2DModel(**config)` built under zero.Init, in `dtype`, holding `source`'s weights."""
+def build_partitioned(config: dict, source: WeightSource, ds_config: dict, dtype: torch.dtype, model_class=None):
+    """`model_class.from_config(config)` (default FluxTransformer2DModel) built under zero.Init, in `dtype`,
+    holding `source`'s weights."""
     import deepspeed
     from diffusers import FluxTransformer2DModel
 
+    model_class = model_class or FluxTransformer2DModel
     # The precision comes from ds_config (bf16 enabled or not), not from Init's `dtype` argument, which
     # DeepSpeed 0.19.8 ignores on an accelerator reporting no fp16 support (`dtype or torch.float16 if
     # fp16_supported else ...` parses as `(dtype or torch.float16) if ... else ...`).
     with deepspeed.zero.Init(config_dict_or_path=ds_config):
-        model = FluxTransformer2DModel.from_config(config)
+        model = model_class.from_config(config)
     wrong = {p.dtype for p in model.parameters()} - {dtype}
     if wrong:
         raise RuntimeError(f"zero.Init built the transformer in {wrong}, expected {dtype}: the DeepSpeed config's "
@@ -134,10 +136,9 @@ def partitioned_copy(model, ds_config: dict):
         raise RuntimeError("partitioned_copy: parameters offloaded to NVMe have no partition in memory to copy")
     import deepspeed
     from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
-    from diffusers import FluxTransformer2DModel
 
     with deepspeed.zero.Init(config_dict_or_path=ds_config):
-        twin = FluxTransformer2DModel.from_config(dict(model.config))
+        twin = type(model).from_config(dict(model.config))
     theirs, mine = dict(model.named_parameters()), dict(twin.named_parameters())
     if theirs.keys() != mine.keys():
         raise RuntimeError("partitioned_copy: the model's parameters differ from its config's (LoRA added?)")

@@ -102,7 +102,8 @@ def eval_sampling(run: Run):
 
 
 def _pipeline(run: Run, target: Target):
-    from ..models.flux_fill import build_pipeline, fill_in_channels, resolve_device, resolve_dtype
+    from ..models import build_pipeline, resolve_device, resolve_dtype
+    from ..models.family import denoiser_mismatch, load_denoiser
 
     model = run.config.model
     path = target.model.path
@@ -117,16 +118,15 @@ def _pipeline(run: Run, target: Target):
     pipe = build_pipeline(model, max_sequence_length=run.config.sampling.max_sequence_length,
                           with_transformer=path is None)
     if path is not None:
-        from ..dpo.export import load_exported
-
         try:
-            transformer = load_exported(path, resolve_dtype(model.dtype))
+            transformer = load_denoiser(model, path, resolve_dtype(model.dtype))
         except Exception as exc:  # noqa: BLE001 - say which checkpoint and why, on one line
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise EvalError(f"cannot load the transformer at {path}: {first}") from None
-        if transformer.config.in_channels != fill_in_channels(pipe):
-            raise EvalError(f"the transformer at {path} has {transformer.config.in_channels} input channels but "
-                            f"this run's model has {fill_in_channels(pipe)}; it belongs to another model")
+        mismatch = denoiser_mismatch(pipe, transformer)
+        if mismatch:
+            raise EvalError(f"the model at {path} does not fit this run's {model.kind} model: {mismatch}; "
+                            f"it belongs to another model")
         pipe.transformer = transformer.to(resolve_device(model.device))
     _PIPELINE_CACHE[key] = pipe
     return pipe

@@ -49,6 +49,10 @@ class ModelError(RuntimeError):
 # -- devices and dtypes ------------------------------------------------------------------------
 def latent_shape(model_cfg: ModelConfig, resolution: int) -> tuple[int, int, int]:
     """(C, h, w) of the VAE latents of a `resolution` x `resolution` image (what the sampler may save)."""
+    if model_cfg.kind != "flux-fill":  # callers that import this module directly (prepare)
+        from .family import latent_shape as family_latent_shape
+
+        return family_latent_shape(model_cfg, resolution)
     channels, scale = (TINY_LATENT_CHANNELS, TINY_VAE_SCALE) if model_cfg.tiny else (FLUX_LATENT_CHANNELS, FLUX_VAE_SCALE)
     if resolution % (2 * scale):
         raise ConfigError(f"resolution {resolution} must be a multiple of {2 * scale} for this model")
@@ -248,6 +252,9 @@ def pack_latents(latents: torch.Tensor) -> torch.Tensor:
     """[B,C,h,w] -> [B,(h/2)(w/2),4C] (FLUX's 2x2 patch tokens)."""
     b, c, h, w = latents.shape
     return latents.view(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5).reshape(b, (h // 2) * (w // 2), 4 * c)
+
+
+to_tokens = pack_latents  # the training cache's layout of latents (fyp.models.family's common name)
 
 
 def unpack_latents(packed: torch.Tensor, h: int, w: int) -> torch.Tensor:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ..config import SamplingConfig
-from ..models.flux_fill import decode_latents, denoise, encode_condition, encode_prompt, initial_noise
+from ..models import helpers
 
 
 @dataclass
@@ -59,15 +59,16 @@ def generate_candidates(pipe, prompt: str, image: np.ndarray, mask: np.ndarray, 
 
 def _generate(pipe, prompt, image, mask, seeds, sampling, on_batch) -> Candidates:
     height, width = image.shape[:2]
-    embeds = encode_prompt(pipe, prompt, sampling.max_sequence_length)
-    condition = encode_condition(pipe, image, mask)
+    ops = helpers(pipe)  # FLUX.1 Fill or BrushNet: the same steps
+    embeds = ops.encode_prompt(pipe, prompt, sampling.max_sequence_length)
+    condition = ops.encode_condition(pipe, image, mask)
     images, latents = [], []
     for start in range(0, len(seeds), sampling.batch_size):
         batch_seeds = seeds[start:start + sampling.batch_size]
-        noise = initial_noise(pipe, batch_seeds, height, width)
-        packed = denoise(pipe, embeds, condition, noise, height=height, width=width, steps=sampling.steps,
+        noise = ops.initial_noise(pipe, batch_seeds, height, width)
+        packed = ops.denoise(pipe, embeds, condition, noise, height=height, width=width, steps=sampling.steps,
                          guidance=sampling.guidance)
-        batch_images, batch_latents = decode_latents(pipe, packed, height, width)
+        batch_images, batch_latents = ops.decode_latents(pipe, packed, height, width)
         images.append(batch_images)
         latents.append(batch_latents.float().cpu().numpy().astype(np.float16))
         if on_batch is not None:

@@ -18,7 +18,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..hold import HoldPoints
-from ..models.flux_fill import build_pipeline
+from ..models import build_pipeline
 from ..run import Run
 from ..stages import Stage
 from ..store import RunStore, StoreError
@@ -39,7 +39,7 @@ _PIPELINE_CACHE: dict = {}  # one pipeline per process: a local run executes man
 
 def _pipeline(run: Run):
     model, sampling = run.config.model, run.config.sampling
-    key = (model.kind, model.tiny, model.pretrained, model.dtype, model.device, model.seed, sampling.max_sequence_length)
+    key = (model.kind, model.tiny, model.pretrained, model.brushnet, model.dtype, model.device, model.seed, sampling.max_sequence_length)
     if key not in _PIPELINE_CACHE:
         _PIPELINE_CACHE.clear()
         _PIPELINE_CACHE[key] = build_pipeline(model, max_sequence_length=sampling.max_sequence_length)
