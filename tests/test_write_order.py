@@ -188,3 +188,173 @@ def test_score_finalize_killed_before_its_marker(scored, tmp_path):
     scores = lambda s: s.scores(reward)  # noqa: E731
     assert_same_state(store_state(run, scores), store_state(reference, scores))
     assert store_state(run, scores)["attrs:"]["done"] > 0
+
+
+# ---------------------------------------------------------------------------------------------------- eval
+# The toy preset's baseline on 2 synthetic items, one task: the shard writes its items and metrics part, the
+# finalisation the store's eval group, then the variant's files and the run's tables, then its marker.
+EVAL_VARIANT = "synthetic/baseline"
+EVAL_ARGS = ["--model", "baseline", "--eval-shards", "1"]
+
+
+def EVAL(store):
+    return store.eval(*EVAL_VARIANT.split("/"))
+
+
+def eval_outputs(run_dir: Path) -> dict:
+    """The eval group in the store, the variant's files and the run's tables."""
+    return dict(store=store_state(run_dir, EVAL), files=folder_files(run_dir / "eval" / EVAL_VARIANT),
+                tables=folder_files(run_dir / "eval"))
+
+
+def assert_same_eval(run: Path, reference: Path) -> None:
+    got, want = eval_outputs(run), eval_outputs(reference)
+    assert_same_state(got["store"], want["store"])
+    assert {"items.csv", "summary.csv", "failures.json"} <= set(want["files"])
+    assert got["files"] == want["files"]
+    assert "summary.csv" in want["tables"] and got["tables"] == want["tables"]
+
+
+@pytest.fixture(scope="module")
+def eval_created(tmp_path_factory) -> Path:
+    from fyp.data.stage import create_run
+
+    run = tmp_path_factory.mktemp("eval-created") / "run"
+    create_run(run, "toy", {"eval": {"samples": 2}, "data": {"samples": 4}})
+    return run
+
+
+@pytest.fixture(scope="module")
+def eval_generated(eval_created, tmp_path_factory) -> Path:
+    """Its one shard done (items and metrics part written), the finalisation not run."""
+    run = tmp_path_factory.mktemp("eval-generated") / "run"
+    shutil.copytree(eval_created, run)
+    done = subprocess.run([sys.executable, "-m", "hpc.task", "eval", "--run", str(run), "--shard", "0", "--variant",
+                           EVAL_VARIANT, *EVAL_ARGS], capture_output=True, text=True, timeout=600, env=_env())
+    assert done.returncode == 0, done.stderr[-3000:]
+    return run
+
+
+@pytest.fixture(scope="module")
+def eval_reference(eval_generated, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("eval-ref") / "run"
+    shutil.copytree(eval_generated, run)
+    out = submit(run, "eval", *EVAL_ARGS)
+    assert f"{EVAL_VARIANT}: finalised" in out, out
+    return run
+
+
+def test_eval_killed_after_its_metrics_part(eval_created, eval_reference, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(eval_created, run)
+    task_killed_at("eval.metrics", run, ["eval", "--run", str(run), "--shard", "0", "--variant", EVAL_VARIANT,
+                                         *EVAL_ARGS])
+    assert not EVAL(RunStore.open(run, mode="r")).exists
+    out = submit(run, "eval", *EVAL_ARGS)
+    assert "nothing to do" not in out and f"{EVAL_VARIANT}: finalised" in out, out
+    assert_same_eval(run, eval_reference)
+
+
+@pytest.mark.parametrize("point", ["eval.store", "eval.files"])
+def test_eval_finalize_killed_at_each_write_point(point, eval_generated, eval_reference, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(eval_generated, run)
+    task_killed_at(point, run, ["eval", "--run", str(run), "--finalize", "--variant", EVAL_VARIANT, *EVAL_ARGS])
+    out = submit(run, "eval", *EVAL_ARGS)
+    assert "nothing to do" not in out and f"{EVAL_VARIANT}: finalised" in out, out
+    assert_same_eval(run, eval_reference)
+    assert "nothing to do" in submit(run, "eval", *EVAL_ARGS)
+
+
+# -------------------------------------------------------------------------------------------------- report
+def report_page(run_dir: Path) -> str:
+    """report.html less what differs between two builds of the same results: the run's path and the time."""
+    import re
+
+    from fyp.evaluation.report import REPORT_NAME
+
+    page = (run_dir / REPORT_NAME).read_text().replace(str(run_dir), "RUN")
+    return re.sub(r" - written \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", "", page)
+
+
+@pytest.fixture(scope="module")
+def report_reference(eval_reference, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("report-ref") / "run"
+    shutil.copytree(eval_reference, run)
+    submit(run, "report")
+    return run
+
+
+def test_report_killed_before_its_page(eval_reference, report_reference, tmp_path):
+    from fyp.evaluation.report import REPORT_NAME
+
+    run = tmp_path / "run"
+    shutil.copytree(eval_reference, run)
+    task_killed_at("report.page", run, ["report", "--run", str(run), "--shard", "0"])
+    assert not (run / REPORT_NAME).exists()
+    out = submit(run, "report")
+    assert "nothing to do" not in out, out
+    page = report_page(run)
+    assert "Follow-Your-Preference run report" in page and page == report_page(report_reference)
+    for folder in (Path("eval"), Path("eval") / "bias"):  # the run's tables, the bias plots
+        assert folder_files(run / folder) == folder_files(report_reference / folder), folder
+
+
+# --------------------------------------------------------------------------------------------------- train
+# Two optimizer steps of full fine-tuning under ZeRO-3 on the toy run (tests/test_train_run.py), exported.
+TRAIN_PAIRS = "brightness"
+TRAIN_ARGS = ["--pairs", TRAIN_PAIRS, "--steps", "2", "--set", "train.zero_stage=3", "--set", "train.lr=1e-3",
+              "--set", "train.warmup_steps=0", "--set", "train.checkpoint_every=0", "--set", "train.batch_size=2"]
+
+
+@pytest.fixture(scope="module")
+def paired(tmp_path_factory) -> Path:
+    from fyp.dpo.toy import make_toy_run
+
+    run = tmp_path_factory.mktemp("paired") / "run"
+    make_toy_run(run, {"data": {"samples": 8}}, pairs=TRAIN_PAIRS)
+    return run
+
+
+@pytest.fixture(scope="module")
+def train_reference(paired, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("train-ref") / "run"
+    shutil.copytree(paired, run)
+    assert "nothing to do" not in submit(run, "train", *TRAIN_ARGS)
+    return run
+
+
+def train_outputs(run_dir: Path) -> tuple[dict, dict]:
+    """done.json less its timing and the run's path, and the exported weights."""
+    from safetensors.numpy import load_file
+
+    from fyp.dpo.train import export_dir, output_dir
+
+    done = json.loads((output_dir(run_dir, TRAIN_PAIRS) / "done.json").read_text())
+    done.pop("seconds")
+    done["last"] = {k: v for k, v in done["last"].items() if k not in ("pairs_per_s", "step_seconds")}  # timings
+    assert done.pop("export") == str(export_dir(run_dir, TRAIN_PAIRS))
+    weights = {}
+    for path in sorted(export_dir(run_dir, TRAIN_PAIRS).glob("*.safetensors")):
+        weights.update(load_file(path))
+    return done, weights
+
+
+def test_train_killed_after_its_export(paired, train_reference, tmp_path):
+    from fyp.dpo.train import export_dir, output_dir
+
+    run = tmp_path / "run"
+    shutil.copytree(paired, run)
+    task_killed_at("train.export", run, ["train", "--run", str(run), "--shard", "0", *TRAIN_ARGS])
+    assert any(export_dir(run, TRAIN_PAIRS).glob("*.safetensors"))
+    assert not (output_dir(run, TRAIN_PAIRS) / "done.json").exists()
+    out = submit(run, "train", *TRAIN_ARGS)
+    assert "nothing to do" not in out, out
+    (done, weights), (want_done, want_weights) = train_outputs(run), train_outputs(train_reference)
+    assert done["steps"] == 2 and "loss" in want_done["last"]
+    assert {"loss", "reward_margin", "grad_norm"} <= set(want_done["last"])
+    assert done == want_done  # the loss fields of the last step, bit for bit (JSON floats round-trip)
+    assert weights and sorted(weights) == sorted(want_weights)
+    for name, value in want_weights.items():
+        assert weights[name].dtype == value.dtype and np.array_equal(weights[name], value), name
+    assert "nothing to do" in submit(run, "train", *TRAIN_ARGS)
