@@ -1,7 +1,7 @@
 """Pure-PyTorch reference of the rank-ensemble kernels (SPEC section 3), vectorised over samples.
 
 This file is the executable definition the C++ and Triton kernels are tested against; the naive
-per-sample loops in tests/test_ensemble.py check it against the SPEC's words.
+per-sample loops in tests/ensemble/test_ensemble.py check it against the SPEC's words.
 
 Input `scores [N, M, K]` (higher = better). Per sample, a model is *usable* when all K of its scores
 are finite and its weight is > 0; unusable models are left out of that sample. Per usable model m the

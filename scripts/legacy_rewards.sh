@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build the isolated environments of the legacy reward packages used by tests/test_legacy_crosscheck.py:
+# Build the isolated environments of the legacy reward packages used by tests/rewards/test_legacy_crosscheck.py:
 #   .venv-legacy/imagereward   image-reward 1.5 (+ its old transformers/timm/tokenizers, pinned, --no-deps)
 #   .venv-legacy/hpsv2         hpsv2 1.2.0 (--no-deps; its wheel lacks the BPE vocab: copied from open_clip)
 # Each venv sees the shared venv's site-packages (torch, numpy, PIL ...) through a .pth file placed AFTER its

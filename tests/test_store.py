@@ -21,7 +21,7 @@ RAW_ROOT = re.compile(r"(\bstore|RunStore\.open\([^)]*\)|\.store\([^)]*\))\.root
 # Strings that look like store paths and are not: (file, literal prefix) -> why.
 NOT_STORE_PATHS = {
     ("fyp/dpo/train.py", "train/"): "a TensorBoard tag",
-    ("tests/test_slurm_cluster.py", "eval/synthetic/"): "stage/variant labels of the job ledger",
+    ("tests/hpc/test_slurm_cluster.py", "eval/synthetic/"): "stage/variant labels of the job ledger",
 }
 
 

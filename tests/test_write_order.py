@@ -93,8 +93,8 @@ def folder_files(folder: Path) -> dict:
 # -------------------------------------------------------------------------------------------------- pairs
 @pytest.fixture(scope="module")
 def scored(tmp_path_factory) -> Path:
-    """A run whose scores are complete (random, with ties, NaNs, an invalid sample: tests/test_pairs.py)."""
-    sys.path.insert(0, str(Path(__file__).parent))
+    """A run whose scores are complete (random, with ties, NaNs, an invalid sample: tests/pairs/test_pairs.py)."""
+    sys.path.insert(0, str(Path(__file__).parent / "pairs"))
     from test_pairs import make_run
 
     return make_run(tmp_path_factory.mktemp("scored")).dir
@@ -301,7 +301,7 @@ def test_report_killed_before_its_page(eval_reference, report_reference, tmp_pat
 
 
 # --------------------------------------------------------------------------------------------------- train
-# Two optimizer steps of full fine-tuning under ZeRO-3 on the toy run (tests/test_train_run.py), exported.
+# Two optimizer steps of full fine-tuning under ZeRO-3 on the toy run (tests/dpo/test_train_run.py), exported.
 TRAIN_PAIRS = "brightness"
 TRAIN_ARGS = ["--pairs", TRAIN_PAIRS, "--steps", "2", "--set", "train.zero_stage=3", "--set", "train.lr=1e-3",
               "--set", "train.warmup_steps=0", "--set", "train.checkpoint_every=0", "--set", "train.batch_size=2"]

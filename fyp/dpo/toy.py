@@ -1,6 +1,6 @@
 """The toy experiment end to end, in one process: prepare, sample, score brightness, pairs, (train), held-out eval.
 
-Used by tests/test_toy_learns.py and by the training tests for a small real run; every step goes through
+Used by tests/dpo/test_toy_learns.py and by the training tests for a small real run; every step goes through
 the real stages (`fyp.stages.execute_shard`): the pairs are the pairs stage's `single` method on the
 brightness reward (winner = brightest hole, loser = darkest), named `brightness`.
 """

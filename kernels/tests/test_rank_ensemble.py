@@ -3,7 +3,7 @@
 Indices, model counts and status must be equal; values equal to 1e-6. Inputs carry many ties (few
 distinct levels), NaNs, infs, samples with no usable model, all-tied samples and zero weights. Triton
 runs under TRITON_INTERPRET=1 on a CPU (kernels/conftest.py), so its shapes stay small. The reference
-itself is checked against a naive implementation of SPEC section 3 in tests/test_ensemble.py.
+itself is checked against a naive implementation of SPEC section 3 in tests/ensemble/test_ensemble.py.
 """
 from __future__ import annotations
 

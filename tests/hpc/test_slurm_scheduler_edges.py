@@ -16,7 +16,7 @@ from hpc import ledger, local_slurm, slurm
 
 pytestmark = [pytest.mark.slurm, pytest.mark.timeout(900), pytest.mark.flaky(reruns=1, reruns_delay=5)]
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 LOCAL = (ROOT / "cluster_configs" / "slurm-local.yaml").read_text()
 TINY = ["--preset", "tiny", "--set", "data.resolution=32", "--set", "sampling.candidates=2"]
 

@@ -18,7 +18,7 @@ import pytest
 
 from fyp.run import Run
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def cli(*args, timeout=300) -> subprocess.CompletedProcess:

@@ -318,7 +318,7 @@ def test_training_on_two_nodes_srun_requeue_resume(cluster, tmp_path):
     checkpoint and finish, every step once."""
     run = tmp_path / "two"
     config = tmp_path / "slurm-2node.yaml"
-    local = (Path(__file__).resolve().parent.parent / "cluster_configs" / "slurm-local.yaml").read_text()
+    local = (Path(__file__).resolve().parents[2] / "cluster_configs" / "slurm-local.yaml").read_text()
     config.write_text(local.replace("train: {gpus_per_node: 1}", "train: {nodes: 2, gpus_per_node: 1}"))
     assert "nodes: 2, gpus_per_node: 1" in config.read_text()
     cli("prepare", "--run", run, "--preset", "toy", "--samples", "4", "--shards", "2", "--set", "pairs.method=ensemble",

@@ -29,7 +29,7 @@ from safetensors.torch import save_file
 from fyp.rewards import build
 from fyp.rewards.imagereward import IGNORED_KEYS, TINY, ImageRewardConfig, ImageRewardModel
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 LEGACY = ROOT / ".venv-legacy"
 
 pytestmark = pytest.mark.timeout(600)

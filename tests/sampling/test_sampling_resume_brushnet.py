@@ -1,5 +1,5 @@
 """Kill-and-resume of the sample stage on tiny-brushnet: a SIGKILLed task, re-run, leaves the store
-bit-identical to an uninterrupted run's (the machinery of tests/test_sampling_resume.py, another model)."""
+bit-identical to an uninterrupted run's (the machinery of tests/sampling/test_sampling_resume.py, another model)."""
 from __future__ import annotations
 
 from pathlib import Path

@@ -19,7 +19,7 @@ from hpc import ledger, local_slurm, slurm
 
 pytestmark = [pytest.mark.slurm, pytest.mark.timeout(1500), pytest.mark.flaky(reruns=1, reruns_delay=5)]
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 LOCAL = (ROOT / "cluster_configs" / "slurm-local.yaml").read_text()
 PAIRS = "brightness"
 STEPS = 2

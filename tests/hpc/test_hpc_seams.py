@@ -18,7 +18,7 @@ from pathlib import Path
 
 from fyp.stages import PIPELINE, _REGISTRY
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 # what hpc/ may import from fyp/, and why
 ALLOWED_FYP = {
     "fyp.stages": "the stage protocol and registry",
