@@ -6,7 +6,6 @@ the full-disk case is skipped: a full disk cannot be made without a filesystem o
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from fyp.store import RunStore
+from slurm_cli import submit_cli
 from hpc import ledger, local_slurm, slurm
 
 # One rerun for the cluster tests: they race a real scheduler and slurmdbd on a 2-core machine, and a
@@ -30,18 +31,10 @@ COMPARED = (("candidates", "image"), ("candidates", "seed"), ("candidates", "don
             ("samples", "mask"))
 
 
-@pytest.fixture(scope="session")
-def cluster():
-    local_slurm.start(verbose=False)
-    assert local_slurm.is_up()
 
 
 def cli(*args, ok=True, timeout=900, env=None):
-    out = subprocess.run([sys.executable, "-m", "hpc.submit", *[str(a) for a in args]], capture_output=True,
-                         text=True, timeout=timeout, env=env)
-    if ok:
-        assert out.returncode == 0, f"hpc.submit {' '.join(map(str, args))} -> {out.returncode}\n{out.stdout}\n{out.stderr}"
-    return out
+    return submit_cli(*args, ok=ok, timeout=timeout, env=env)
 
 
 def prepared(tmp: Path, name: str, shards: int) -> Path:

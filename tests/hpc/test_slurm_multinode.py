@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hpc import ledger, local_slurm, slurm
+from slurm_cli import submit_cli
+from hpc import ledger, local_slurm
 
 pytestmark = [pytest.mark.slurm, pytest.mark.timeout(1500), pytest.mark.flaky(reruns=1, reruns_delay=5)]
 
@@ -28,18 +29,10 @@ TRAIN = {"zero_stage": 3, "lr": 1e-3, "beta": 500, "warmup_steps": 0, "checkpoin
          "export": False, "pairs": PAIRS}
 
 
-@pytest.fixture(scope="session")
-def cluster():
-    local_slurm.start(verbose=False, nodes=2)
-    assert local_slurm.is_up() and local_slurm.configured_nodes() == ["node1", "node2"]
 
 
 def cli(*args, ok=True, timeout=1200, env=None):
-    out = subprocess.run([sys.executable, "-m", "hpc.submit", *[str(a) for a in args]], capture_output=True,
-                         text=True, timeout=timeout, env=env)
-    if ok:
-        assert out.returncode == 0, f"hpc.submit {' '.join(map(str, args))} -> {out.returncode}\n{out.stdout}\n{out.stderr}"
-    return out
+    return submit_cli(*args, ok=ok, timeout=timeout, env=env)
 
 
 def cluster_config(tmp: Path, name: str, stages: str) -> Path:

@@ -3,15 +3,14 @@
 Most use the cluster's `parked` partition (State=DOWN: it accepts jobs and never starts them), so what
 is queued can be inspected and cancelled without running anything.
 """
-import os
 import re
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
+from slurm_cli import submit_cli
 from hpc import ledger, local_slurm, slurm
 
 pytestmark = [pytest.mark.slurm, pytest.mark.timeout(900), pytest.mark.flaky(reruns=1, reruns_delay=5)]
@@ -21,18 +20,10 @@ LOCAL = (ROOT / "cluster_configs" / "slurm-local.yaml").read_text()
 TINY = ["--preset", "tiny", "--set", "data.resolution=32", "--set", "sampling.candidates=2"]
 
 
-@pytest.fixture(scope="session")
-def cluster():
-    local_slurm.start(verbose=False)
-    assert local_slurm.is_up()
 
 
 def cli(*args, ok=True, timeout=600, env=None):
-    out = subprocess.run([sys.executable, "-m", "hpc.submit", *[str(a) for a in args]], capture_output=True,
-                         text=True, timeout=timeout, env=env)
-    if ok:
-        assert out.returncode == 0, f"hpc.submit {' '.join(map(str, args))} -> {out.returncode}\n{out.stdout}\n{out.stderr}"
-    return out
+    return submit_cli(*args, ok=ok, timeout=timeout, env=env)
 
 
 def config(tmp: Path, name: str, text: str) -> Path:

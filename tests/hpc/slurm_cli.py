@@ -1,0 +1,12 @@
+"""The Slurm tests' call of the command line."""
+import subprocess
+import sys
+
+
+def submit_cli(*args, ok=True, timeout=900, env=None) -> subprocess.CompletedProcess:
+    """`python -m hpc.submit ARGS`; with `ok`, a non-zero exit fails the test with both streams."""
+    out = subprocess.run([sys.executable, "-m", "hpc.submit", *[str(a) for a in args]], capture_output=True,
+                         text=True, timeout=timeout, env=env)
+    if ok:
+        assert out.returncode == 0, f"hpc.submit {' '.join(map(str, args))} -> {out.returncode}\n{out.stdout}\n{out.stderr}"
+    return out
