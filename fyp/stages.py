@@ -74,6 +74,10 @@ class Stage:
         False = no graceful stop (the task is interrupted at once; its store keeps every finished sample)."""
         return False
 
+    def prepare_variant(self, run: Run, variant: str | None, opts: dict) -> None:
+        """Create the store arrays the variant's tasks write, from the submitting process, before any of its
+        tasks is submitted (tasks write array data only, never metadata). Idempotent; default: nothing."""
+
     def chain_options(self, run: Run, chain: list[str]) -> dict:
         """Options this stage needs when submitted in a chain (`chain` = the chain's stage names) before the
         stages upstream of it ran (e.g. eval names the export the chain's train stage will write)."""

@@ -17,7 +17,8 @@ Layout version 2 (documented in docs/store.md; these paths are a contract betwee
     scores/<reward>/done  bool    [N]     chunk (B,)
     pairs/<name>/{winner,loser,margin,valid}   written by the single-task pairs stage
     train/<pairs>/...                     latent cache and reference-loss cache of the train stage
-    eval/<benchmark>/<model>/...          written by the eval stage's finalisation
+    eval/<benchmark>/<model>/tasks/{metrics,done,notes}   per eval shard, written by its task
+    eval/<benchmark>/<model>/...          the rest: written by the eval stage's finalisation
 
 B is the block size (`Shape.block`), S the shard size, a multiple of B: shard s owns samples
 [s*S, min(N, (s+1)*S)), hence whole blocks of every array, and a task writes each block once, when all
@@ -31,7 +32,8 @@ damage (`read_rows` refuses it with one line; `verify` finds it and marks the bl
 array data only, never metadata or attributes; `consolidate` runs once, at finalisation.
 
 Every other module reaches the store through the named accessors (`store.samples`, `store.candidates`,
-`store.scores(reward)`, `store.pairs(name)`, `store.train_cache(pairs)`, `store.eval(benchmark, model)`):
+`store.scores(reward)`, `store.pairs(name)`, `store.train_cache(pairs)`, `store.eval(benchmark, model)`,
+`store.eval_tasks(benchmark, model)`):
 no path is spelled outside this file.
 """
 from __future__ import annotations
@@ -194,6 +196,13 @@ class Pairs(Part):
     winner, loser, margin, valid = (_Array() for _ in range(4))
 
 
+class EvalTasks(Part):
+    """What the eval stage's tasks write: per item, its metrics as one JSON object (`metrics`; the metric
+    names depend on what scored, so they are not columns) and `done`; per shard, its metric failures,
+    reasons and info as JSON (`notes`). Chunks of one eval shard each, created by the submitting process."""
+    metrics, done, notes = _Array(), _Array(), _Array()
+
+
 # Which stage writes each top-level group, and the `hpc.submit` arguments that redo it.
 PRODUCERS = {"samples": "prepare", "candidates": "sample", "scores": "score"}
 
@@ -307,10 +316,28 @@ class RunStore:
     def eval(self, benchmark: str, model: str) -> Part:
         return Part(self, f"eval/{benchmark}/{model}")
 
+    def eval_tasks(self, benchmark: str, model: str) -> EvalTasks:
+        """The arrays the eval tasks of one (benchmark, model) write (see `create_eval_tasks`)."""
+        return EvalTasks(self, f"eval/{benchmark}/{model}/tasks")
+
+    def create_eval_tasks(self, benchmark: str, model: str, n: int, shards: int) -> EvalTasks:
+        """Create the eval tasks' arrays for n items in `shards` shards (the submitting process only; kept
+        when they exist with this shape). One chunk per shard: a task writes its shard's rows once, whole."""
+        part = self.eval_tasks(benchmark, model)
+        size = max(1, math.ceil(n / max(1, shards)))
+        if "done" in part and part.done.shape == (n,) and part.done.chunks == (size,) and part.notes.shape == (shards,):
+            return part
+        for name, dims, chunks, dtype, fill in (("metrics", (n,), (size,), str, ""), ("notes", (shards,), (1,), str, ""),
+                                                ("done", (n,), (size,), "bool", False)):
+            self.root.create_array(f"{part.path}/{name}", shape=dims, chunks=chunks, dtype=dtype, fill_value=fill,
+                                   chunk_key_encoding=CHUNK_KEYS, overwrite=True, config={"write_empty_chunks": True})
+        self.consolidate()
+        return part
+
     def eval_results(self) -> list[tuple[str, str]]:
-        """(benchmark, model) of every eval result in the store."""
+        """(benchmark, model) of every finalised eval result in the store."""
         bench = Part(self, "eval")
-        return [(b, m) for b in bench.groups() for m in bench.part(b).groups()]
+        return [(b, m) for b in bench.groups() for m in bench.part(b).groups() if "id" in bench.part(b).part(m)]
 
     def arrays(self) -> dict[str, zarr.Array]:
         """Every array of the store, by path (for whole-store comparisons)."""

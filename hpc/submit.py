@@ -148,6 +148,9 @@ class Submitter:
 
     # -- one stage --------------------------------------------------------------------------------
     def stage(self, stage: Stage, opts: dict, spec=None, retry_failed=False, depends: list[str] = ()) -> StageResult:
+        if not (self.dry_run or self.in_memory):
+            for variant in stage.variants(self.run, opts):
+                stage.prepare_variant(self.run, variant, opts)
         plans = self.plan(stage, opts, spec, retry_failed)
         result = StageResult(stage.name)
         work = [p for p in plans if p.todo or (p.covers_rest and not p.finalized and not retry_failed)]

@@ -220,7 +220,11 @@ def eval_created(tmp_path_factory) -> Path:
     from fyp.data.stage import create_run
 
     run = tmp_path_factory.mktemp("eval-created") / "run"
-    create_run(run, "toy", {"eval": {"samples": 2}, "data": {"samples": 4}})
+    from fyp.stages import get_stage
+
+    created = create_run(run, "toy", {"eval": {"samples": 2}, "data": {"samples": 4}})
+    # the submitting side creates the eval task arrays; these tests run the tasks directly (python -m hpc.task)
+    get_stage("eval").prepare_variant(created, EVAL_VARIANT, {"model": "baseline", "eval_shards": 1})
     return run
 
 
@@ -244,12 +248,14 @@ def eval_reference(eval_generated, tmp_path_factory) -> Path:
     return run
 
 
-def test_eval_killed_after_its_metrics_part(eval_created, eval_reference, tmp_path):
+def test_eval_killed_after_its_metrics_rows(eval_created, eval_reference, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(eval_created, run)
     task_killed_at("eval.metrics", run, ["eval", "--run", str(run), "--shard", "0", "--variant", EVAL_VARIANT,
                                          *EVAL_ARGS])
-    assert not EVAL(RunStore.open(run, mode="r")).exists
+    store = RunStore.open(run, mode="r")
+    assert store.eval_tasks(*EVAL_VARIANT.split("/")).done[:].all()  # the shard's rows, done mask last
+    assert "id" not in EVAL(store) and not (run / "eval" / EVAL_VARIANT / "summary.csv").exists()
     out = submit(run, "eval", *EVAL_ARGS)
     assert "nothing to do" not in out and f"{EVAL_VARIANT}: finalised" in out, out
     assert_same_eval(run, eval_reference)

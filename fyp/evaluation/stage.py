@@ -6,9 +6,11 @@
 One variant (array job) per model: `<benchmark>/<model>`. A task generates its items (seed of item i =
 `candidate_seed(eval.seed, item id, 0)`, the sampler's documented seed function, the same for every model so
 only the transformer differs), blends each result into its original (fyp.evaluation.blend), writes one part
-file per item, then computes the shard's metrics (fyp.evaluation.scoring) and writes them as one part file
-(fyp.evaluation.parts: tasks only ever write their own files). The finalisation (one task) merges the parts
-into the store, `eval/<benchmark>/<model>/{image,id,prompt,seed,valid,reason,metrics/<metric>}`, and writes
+file per item (fyp.evaluation.parts: the blended images stay files), then computes the shard's metrics
+(fyp.evaluation.scoring) and writes its rows of the store's eval task arrays, `store.eval_tasks(benchmark,
+model)`: per-item metrics, the shard's failures and info, then its done mask (one chunk per shard, created
+by the submitting process in `prepare_variant`; a task writes data only). The finalisation (one task) merges
+the item files and those arrays into the store, `eval/<benchmark>/<model>/{image,id,prompt,seed,valid,reason,metrics/<metric>}`, and writes
 `<run>/eval/<benchmark>/<model>/{items.csv,summary.csv,failures.json}`, then rebuilds the run's
 `<run>/eval/summary.csv` and tables from every evaluated (benchmark, model).
 
@@ -176,9 +178,16 @@ class EvalStage(Stage):
         found = eval_targets(run, opts)
         return _context(run, found[0].variant, opts).shards
 
+    def prepare_variant(self, run: Run, variant: str | None, opts: dict) -> None:
+        ctx = _context(run, variant, opts)
+        run.store().create_eval_tasks(ctx.target.benchmark, ctx.target.model.name, ctx.n, ctx.shards)
+
     def pending_shards(self, run: Run, variant: str | None, opts: dict) -> list[int]:
         ctx = _context(run, variant, opts)
-        return [s for s in range(ctx.shards) if not parts.metrics_path(ctx.folder, s).exists()]
+        done = _done_mask(run, ctx)
+        if done is None:  # not prepared yet (a dry run, or before submission): everything is pending
+            return list(range(ctx.shards))
+        return [s for s in range(ctx.shards) if not done[slice(*shard_bounds(ctx.n, ctx.shards, s))].all()]
 
     def progress(self, run: Run, variant: str | None, opts: dict) -> tuple[int, int]:
         ctx = _context(run, variant, opts)
@@ -189,7 +198,11 @@ class EvalStage(Stage):
         ctx = _context(run, variant, opts)
         start, stop = shard_bounds(ctx.n, ctx.shards, shard)
         counts = dict(done=0, skipped=0, invalid=0, failed=0, metric_failures=0)
-        if parts.metrics_path(ctx.folder, shard).exists():
+        done = _done_mask(run, ctx)
+        if done is None:
+            raise EvalError(f"the eval arrays of {ctx.target.variant} do not exist; submit the stage with "
+                            f"`python -m hpc.submit eval --run {run.dir}` (it creates them before its tasks run)")
+        if done[start:stop].all():
             counts["skipped"] = stop - start
             return counts
         todo = [i for i in range(start, stop) if not parts.item_path(ctx.folder, i).exists()]
@@ -272,7 +285,7 @@ class EvalStage(Stage):
                         full[k] = v[position[i]]
                 values[name] = full
             failures, reasons = metrics.failures, metrics.reasons
-        parts.write_metrics(ctx.folder, shard, indices, values, failures, reasons, info)
+        write_shard_results(run, ctx, shard, indices, values, dict(failures=failures, reasons=reasons, info=info))
         hold_point(run.dir, "eval.metrics", shard)
         return int(sum(failures.values()))
 
@@ -291,6 +304,44 @@ class EvalStage(Stage):
                  int(merged["valid"].sum()), merged["missing"], ", ".join(sorted(merged["metrics"])) or "none")
 
 
+def _done_mask(run: Run, ctx: Context) -> np.ndarray | None:
+    """The eval tasks' done mask of this variant (None: its arrays were not created with this shape)."""
+    part = run.store(mode="r").eval_tasks(ctx.target.benchmark, ctx.target.model.name)
+    if "done" not in part or part.done.shape != (ctx.n,) or part.notes.shape != (ctx.shards,):
+        return None
+    return np.asarray(part.done[:], bool)
+
+
+def _clean(value: float) -> float | None:
+    return float(value) if math.isfinite(float(value)) else None  # NaN is written as null
+
+
+def write_shard_results(run: Run, ctx: Context, shard: int, indices: list[int], values: dict[str, np.ndarray],
+                        notes: dict) -> None:
+    """The shard's rows of the eval task arrays: its items' metrics and its notes first, its done mask last.
+    Each is one whole chunk that only this shard's task writes."""
+    part = run.store().eval_tasks(ctx.target.benchmark, ctx.target.model.name)
+    rows = slice(indices[0], indices[-1] + 1)
+    part.metrics[rows] = np.array([json.dumps({name: _clean(v[k]) for name, v in values.items()})
+                                   for k in range(len(indices))], dtype=object)
+    part.notes[shard:shard + 1] = np.array([json.dumps(notes)], dtype=object)
+    part.done[rows] = np.ones(len(indices), bool)
+
+
+def read_shard_results(run: Run, ctx: Context) -> tuple[dict, list[dict]]:
+    """({metric: [n] float32, NaN where none}, the notes of every shard its task finished)."""
+    part = run.store(mode="r").eval_tasks(ctx.target.benchmark, ctx.target.model.name)
+    done = np.asarray(part.done[:], bool)
+    rows, notes = part.metrics[:], part.notes[:]
+    metrics: dict[str, np.ndarray] = {}
+    for i in np.flatnonzero(done):
+        for name, value in json.loads(rows[i]).items():
+            metrics.setdefault(name, np.full(ctx.n, np.nan, np.float32))[i] = np.nan if value is None else value
+    finished = [json.loads(notes[s]) for s in range(ctx.shards)
+                if done[slice(*shard_bounds(ctx.n, ctx.shards, s))].all() and notes[s]]
+    return metrics, finished
+
+
 def merge_parts(run: Run, ctx: Context) -> dict:
     res = ctx.data.resolution
     images = np.zeros((ctx.n, res, res, 3), np.uint8)
@@ -307,17 +358,11 @@ def merge_parts(run: Run, ctx: Context) -> dict:
                                                               record["seed"], record["valid"])
         if record["valid"]:
             images[i] = record["result"]
-    metrics: dict[str, np.ndarray] = {}
+    metrics, shard_notes = read_shard_results(run, ctx)
     failures: dict[str, int] = {}
     reasons_by_metric: dict[str, str] = {}
     info: dict = {}
-    for shard in range(ctx.shards):
-        payload = parts.read_metrics(ctx.folder, shard)
-        if payload is None:
-            continue
-        for name, values in payload["values"].items():
-            column = metrics.setdefault(name, np.full(ctx.n, np.nan, np.float32))
-            column[payload["indices"]] = values
+    for payload in shard_notes:
         for name, count in payload["failures"].items():
             failures[name] = failures.get(name, 0) + int(count)
         reasons_by_metric.update(payload["reasons"])

@@ -84,6 +84,7 @@ def test_eval_stage_runs_the_configured_judge(judge_url, tmp_path):
              "variants": ["40-30-30", "33-33-33"]}
     run = create_run(tmp_path / "run", "toy", {"data": {"samples": 2}, "eval": {"samples": 2, "judge": judge}})
     opts = {"model": "baseline", "eval_shards": 1}
+    get_stage("eval").prepare_variant(run, "synthetic/baseline", opts)
     counts = execute_shard("eval", run.dir, 0, "synthetic/baseline", opts)
     get_stage("eval").finalize(run, "synthetic/baseline", opts)
     assert counts["done"] == 2 and counts["metric_failures"] == 0

@@ -24,6 +24,7 @@ def _run_stage(run, opts):
     stage = get_stage("eval")
     out = {}
     for variant in stage.variants(run, opts):
+        stage.prepare_variant(run, variant, opts)  # what hpc.submit does before submitting the tasks
         out[variant] = [execute_shard("eval", run.dir, s, variant, opts) for s in stage.pending_shards(run, variant, opts)]
         stage.finalize(run, variant, opts)
     return out

@@ -140,6 +140,7 @@ def study_run(tmp_path_factory):
     stage = get_stage("eval")
     opts = {"model": "all", "eval_shards": 1}
     for variant in stage.variants(run, opts):
+        stage.prepare_variant(run, variant, opts)
         execute_shard("eval", run.dir, 0, variant, opts)
         stage.finalize(run, variant, opts)
     return run
