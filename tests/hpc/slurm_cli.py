@@ -1,6 +1,7 @@
-"""The Slurm tests' call of the command line."""
+"""The Slurm tests' call of the command line, and their bounded wait."""
 import subprocess
 import sys
+import time
 
 
 def submit_cli(*args, ok=True, timeout=900, env=None) -> subprocess.CompletedProcess:
@@ -10,3 +11,13 @@ def submit_cli(*args, ok=True, timeout=900, env=None) -> subprocess.CompletedPro
     if ok:
         assert out.returncode == 0, f"hpc.submit {' '.join(map(str, args))} -> {out.returncode}\n{out.stdout}\n{out.stderr}"
     return out
+
+
+def wait_until(check, timeout: float, what: str) -> None:
+    """Poll `check` every 0.5 s until it is true; fail the test after `timeout` seconds."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if check():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from fyp.store import RunStore
-from slurm_cli import submit_cli
+from slurm_cli import submit_cli, wait_until
 from hpc import ledger, local_slurm, slurm
 
 # One rerun for the cluster tests: they race a real scheduler and slurmdbd on a 2-core machine, and a
@@ -90,15 +90,6 @@ def test_array_with_throttle_finishes(reference):
         peak = max(peak, running)
     assert peak <= 2
     assert "prepare" in cli("status", "--run", run).stdout
-
-
-def _wait_until(check, timeout, what):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if check():
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_faults_then_retry_failed_equal_uninterrupted(reference, tmp_path):
@@ -174,7 +165,7 @@ def test_child_of_failed_parent_is_cancelled_and_status_says_why(cluster, tmp_pa
     # Bounded wait, on the accounting itself: slurmdbd records a never-started, cancelled array task a
     # moment after --wait returns, and "CANCELLED" and its reason can only come from sacct.
     jobs = [str(e["job_id"]) for e in ledger.read(run) if e["stage"] == "sample" and e["kind"] == "tasks"]
-    _wait_until(lambda: f"{jobs[-1]}_1" in slurm.query(jobs), 30, "slurmdbd to record the cancelled sample task")
+    wait_until(lambda: f"{jobs[-1]}_1" in slurm.query(jobs), 30, "slurmdbd to record the cancelled sample task")
     report = cli("status", "--run", run, "--details").stdout
     assert re.search(r"prepare shard 0 FAILED \(job \d+_0\): \w+", report), report
     assert "prepare finalize CANCELLED: cancelled by Slurm: a job it depends on (afterok:" in report
@@ -245,7 +236,7 @@ def test_training_requeued_mid_run_resumes_from_checkpoint(pipeline_run, tmp_pat
     # The pipeline's own 4-step run left rows for steps 0-3: wait for a step only the new job can log,
     # or the signal may reach it before it trains (or before it even starts).
     last_step = lambda: max([int(line.split(",")[0]) for line in metrics.read_text().splitlines()[1:]] or [-1])
-    _wait_until(lambda: last_step() >= 5, 600, "training to pass step 5")
+    wait_until(lambda: last_step() >= 5, 600, "training to pass step 5")
     first, second = _preempt_training(run, job)
     assert "TrainingPreempted" in first or "checkpointed at step" in first
     resumed = re.search(r"resumed \S+ at step (\d+)", second)
@@ -323,7 +314,7 @@ def test_training_on_two_nodes_srun_requeue_resume(cluster, tmp_path):
     script = (run / "logs/train/train.sbatch").read_text()
     assert "#SBATCH --nodes=2" in script and "#SBATCH --ntasks-per-node=1" in script
     job = [e for e in ledger.read(run) if e["stage"] == "train" and e["kind"] == "tasks"][-1]["job_id"]
-    _wait_until(lambda: metrics.exists() and len(metrics.read_text().splitlines()) - 1 >= 5, 600, "step 5")
+    wait_until(lambda: metrics.exists() and len(metrics.read_text().splitlines()) - 1 >= 5, 600, "step 5")
     first, second = _preempt_training(run, job)
     assert "train: 2 processes: srun --kill-on-bad-exit=1" in first and "passing it on" in first
     assert re.search(r"job \d+ on node1, attempt 0", first), first[:500]  # the batch step on node1, rank 1 on node2

@@ -9,13 +9,12 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from slurm_cli import submit_cli
+from slurm_cli import submit_cli, wait_until
 from hpc import ledger, local_slurm
 
 pytestmark = [pytest.mark.slurm, pytest.mark.timeout(1500), pytest.mark.flaky(reruns=1, reruns_delay=5)]
@@ -40,15 +39,6 @@ def cluster_config(tmp: Path, name: str, stages: str) -> Path:
     path = tmp / f"{name}.yaml"
     path.write_text(LOCAL.split("stages:")[0] + "stages:\n" + stages)
     return path
-
-
-def _wait_until(check, timeout, what):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if check():
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_nodelist_parser_agrees_with_scontrol(cluster):
@@ -129,7 +119,7 @@ def test_a_node_whose_slurmd_dies_takes_the_job_down_and_status_names_it(cluster
     cli("sample", "--run", run, "--cluster", config, env=dict(os.environ, FYP_SAMPLE_HOLD="images:1"))
     job = next(str(e["job_id"]) for e in ledger.read(run) if e["stage"] == "sample" and e["kind"] == "tasks")
     try:
-        _wait_until(lambda: (run / ".sample-hold").exists(), 600, "the task to reach its hold point")
+        wait_until(lambda: (run / ".sample-hold").exists(), 600, "the task to reach its hold point")
         log = next((run / "logs/sample").glob("shard-00000.job-*.attempt-0.log")).read_text()
         batch_node = re.search(r" on (node\d), attempt", log).group(1)
         victim = "node2" if batch_node == "node1" else "node1"
@@ -139,7 +129,7 @@ def test_a_node_whose_slurmd_dies_takes_the_job_down_and_status_names_it(cluster
             report = cli("status", "--run", run, "--stage", "sample").stdout
             return "NODE_FAIL" in report and report
 
-        _wait_until(reported, 300, "slurmctld to declare the node down and status to report it")
+        wait_until(reported, 300, "slurmctld to declare the node down and status to report it")
         report = reported()
         assert f"node {victim} (Not responding) went down (the job ran on node[1-2])" in report, report
         row = next(line for line in report.splitlines() if line.startswith("sample "))
